@@ -1,0 +1,354 @@
+//! Configuration of `meshaudit serve`.
+//!
+//! Every setting is declared once, in [`ServeOptions`], and can be given three ways, highest
+//! precedence first: a command-line flag (`--data-dir`), an environment variable
+//! (`MESHAUDIT_DATA_DIR`), or a key in the TOML file named by `--config` (`data_dir`). Unknown
+//! keys and unknown `MESHAUDIT_*` variables are errors, and every error names the setting in all
+//! three spellings and says how to fix it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::join::redact::DEFAULT_PARAMS;
+
+pub const DEFAULT_ALS_ADDR: &str = "0.0.0.0:9000";
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9001";
+pub const DEFAULT_DATA_DIR: &str = "./meshaudit-data";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}. Fix: point --config (MESHAUDIT_CONFIG) at a readable TOML file")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}Fix: use only the keys listed by `meshaudit serve --help`, spelled with underscores (data_dir, not data-dir)")]
+    Parse { path: PathBuf, message: String },
+    #[error("unknown environment variable {name}: meshaudit has no such setting. Fix: remove it, or use one of: {known}")]
+    UnknownEnv { name: String, known: String },
+    #[error("invalid setting {key} (flag --{flag}, env {env}): {problem}. Fix: {fix}")]
+    Invalid {
+        key: &'static str,
+        flag: String,
+        env: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            flag: key.replace('_', "-"),
+            env: format!("MESHAUDIT_{}", key.to_ascii_uppercase()),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The settings of `meshaudit serve`, as flags, environment variables and TOML keys.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// TOML file with any of these settings (keys spelled with underscores).
+    #[arg(long, env = "MESHAUDIT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address of the Envoy gRPC Access Log Service listener [default: 0.0.0.0:9000].
+    #[arg(long, env = "MESHAUDIT_ALS_ADDR", value_name = "HOST:PORT")]
+    pub als_addr: Option<SocketAddr>,
+
+    /// Address of the admin HTTP listener: /healthz, /readyz, /metrics [default: 0.0.0.0:9001].
+    #[arg(long, env = "MESHAUDIT_ADMIN_ADDR", value_name = "HOST:PORT")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Directory for Parquet files (dt=YYYY-MM-DD/hour=HH/) [default: ./meshaudit-data].
+    #[arg(long, env = "MESHAUDIT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Largest ALS message accepted, in bytes; larger ones end their stream [default: 4194304].
+    #[arg(long, env = "MESHAUDIT_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Accepted messages held in memory before stream reads wait [default: 1024].
+    #[arg(long, env = "MESHAUDIT_BUFFER_MESSAGES", value_name = "N")]
+    pub buffer_messages: Option<usize>,
+
+    /// Parquet file size at which a file is closed and a new one started [default: 134217728].
+    #[arg(long, env = "MESHAUDIT_PARQUET_MAX_FILE_BYTES", value_name = "BYTES")]
+    pub parquet_max_file_bytes: Option<u64>,
+
+    /// Age at which an open Parquet file is closed, in seconds [default: 60].
+    #[arg(long, env = "MESHAUDIT_PARQUET_MAX_FILE_AGE_SECS", value_name = "SECS")]
+    pub parquet_max_file_age_secs: Option<u64>,
+
+    /// Rows per Parquet row group; bounds the writer's memory [default: 16384].
+    #[arg(long, env = "MESHAUDIT_PARQUET_ROW_GROUP_ROWS", value_name = "ROWS")]
+    pub parquet_row_group_rows: Option<usize>,
+
+    /// zstd compression level of Parquet files, 1-22 [default: 3].
+    #[arg(long, env = "MESHAUDIT_PARQUET_ZSTD_LEVEL", value_name = "LEVEL")]
+    pub parquet_zstd_level: Option<i32>,
+
+    /// Query-string parameters whose values are replaced by REDACTED (comma-separated; replaces
+    /// the default list: code, access_token, id_token, refresh_token, client_secret, token, ...).
+    #[arg(
+        long,
+        env = "MESHAUDIT_REDACT_PARAMS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub redact_params: Option<Vec<String>>,
+
+    /// Seconds allowed on SIGTERM to finish writing before exiting [default: 30].
+    #[arg(long, env = "MESHAUDIT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "MESHAUDIT_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl ServeOptions {
+    /// Fills every setting not given on the command line or in the environment from `file`.
+    fn or(self, file: ServeOptions) -> ServeOptions {
+        ServeOptions {
+            config: self.config,
+            als_addr: self.als_addr.or(file.als_addr),
+            admin_addr: self.admin_addr.or(file.admin_addr),
+            data_dir: self.data_dir.or(file.data_dir),
+            max_message_bytes: self.max_message_bytes.or(file.max_message_bytes),
+            buffer_messages: self.buffer_messages.or(file.buffer_messages),
+            parquet_max_file_bytes: self.parquet_max_file_bytes.or(file.parquet_max_file_bytes),
+            parquet_max_file_age_secs: self
+                .parquet_max_file_age_secs
+                .or(file.parquet_max_file_age_secs),
+            parquet_row_group_rows: self.parquet_row_group_rows.or(file.parquet_row_group_rows),
+            parquet_zstd_level: self.parquet_zstd_level.or(file.parquet_zstd_level),
+            redact_params: self.redact_params.or(file.redact_params),
+            shutdown_timeout_secs: self.shutdown_timeout_secs.or(file.shutdown_timeout_secs),
+            log_format: self.log_format.or(file.log_format),
+        }
+    }
+}
+
+/// Validated settings with defaults applied: what the collector runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub als_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_message_bytes: usize,
+    pub buffer_messages: usize,
+    pub parquet_max_file_bytes: u64,
+    pub parquet_max_file_age: Duration,
+    pub parquet_row_group_rows: usize,
+    pub parquet_zstd_level: i32,
+    pub redact_params: Vec<String>,
+    pub shutdown_timeout: Duration,
+    pub log_json: bool,
+}
+
+impl ServeConfig {
+    /// Merges flags/env over the config file, applies defaults and validates.
+    pub fn resolve(cli: ServeOptions) -> Result<ServeConfig, ConfigError> {
+        check_env_names(std::env::vars().map(|(k, _)| k))?;
+        let opts = match cli.config.clone() {
+            Some(path) => {
+                let file = read_file(&path)?;
+                cli.or(file)
+            }
+            None => cli,
+        };
+        let parse_addr = |s: &str| {
+            s.parse::<SocketAddr>()
+                .expect("default address literal is valid")
+        };
+        let cfg = ServeConfig {
+            als_addr: opts
+                .als_addr
+                .unwrap_or_else(|| parse_addr(DEFAULT_ALS_ADDR)),
+            admin_addr: opts
+                .admin_addr
+                .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
+            data_dir: opts
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            max_message_bytes: opts.max_message_bytes.unwrap_or(4 << 20),
+            buffer_messages: opts.buffer_messages.unwrap_or(1024),
+            parquet_max_file_bytes: opts.parquet_max_file_bytes.unwrap_or(128 << 20),
+            parquet_max_file_age: Duration::from_secs(opts.parquet_max_file_age_secs.unwrap_or(60)),
+            parquet_row_group_rows: opts.parquet_row_group_rows.unwrap_or(16_384),
+            parquet_zstd_level: opts.parquet_zstd_level.unwrap_or(3),
+            redact_params: opts
+                .redact_params
+                .unwrap_or_else(|| DEFAULT_PARAMS.iter().map(|s| (*s).to_owned()).collect()),
+            shutdown_timeout: Duration::from_secs(opts.shutdown_timeout_secs.unwrap_or(30)),
+            log_json: match opts.log_format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(ConfigError::invalid(
+                        "log_format",
+                        format!("`{other}` is not a log format"),
+                        "use text or json",
+                    ))
+                }
+            },
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.als_addr == self.admin_addr {
+            return Err(ConfigError::invalid(
+                "admin_addr",
+                format!("{} is also the ALS address", self.admin_addr),
+                "give --als-addr and --admin-addr different ports",
+            ));
+        }
+        if self.max_message_bytes < 16 << 10 {
+            return Err(ConfigError::invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is smaller than one Envoy batch (16384 bytes by default)",
+                    self.max_message_bytes
+                ),
+                "use at least 65536; the default 4194304 suits Envoy's defaults",
+            ));
+        }
+        if self.buffer_messages == 0 {
+            return Err(ConfigError::invalid(
+                "buffer_messages",
+                "must be at least 1",
+                "use a value such as 1024",
+            ));
+        }
+        if self.parquet_row_group_rows == 0 {
+            return Err(ConfigError::invalid(
+                "parquet_row_group_rows",
+                "must be at least 1",
+                "use a value such as 16384",
+            ));
+        }
+        if self.parquet_max_file_age.is_zero() {
+            return Err(ConfigError::invalid(
+                "parquet_max_file_age_secs",
+                "must be at least 1",
+                "use a value such as 60",
+            ));
+        }
+        if !(1..=22).contains(&self.parquet_zstd_level) {
+            return Err(ConfigError::invalid(
+                "parquet_zstd_level",
+                format!("{} is outside zstd's levels", self.parquet_zstd_level),
+                "use a level from 1 to 22 (3 is the default)",
+            ));
+        }
+        if self.redact_params.iter().any(|p| p.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "redact_params",
+                "contains an empty name",
+                "list names separated by commas, without empty entries",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Every `MESHAUDIT_*` variable must name a setting: a typo would otherwise be silently ignored.
+fn check_env_names(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+    use clap::CommandFactory;
+    #[derive(clap::Parser)]
+    struct Probe {
+        #[command(flatten)]
+        opts: ServeOptions,
+    }
+    let cmd = Probe::command();
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    for name in names {
+        if name.starts_with("MESHAUDIT_") && !known.contains(&name) {
+            return Err(ConfigError::UnknownEnv {
+                name,
+                known: known.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_file_key_names_the_key() {
+        let err = toml::from_str::<ServeOptions>("data_dir = \"/x\"\ndata-dir = \"/y\"\n")
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("data-dir"), "{err}");
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_unset() {
+        let file: ServeOptions =
+            toml::from_str("data_dir = \"/from-file\"\nbuffer_messages = 7\n").expect("valid");
+        let cli = ServeOptions {
+            buffer_messages: Some(9),
+            ..Default::default()
+        };
+        let merged = cli.or(file);
+        assert_eq!(merged.data_dir, Some(PathBuf::from("/from-file")));
+        assert_eq!(merged.buffer_messages, Some(9));
+    }
+
+    #[test]
+    fn unknown_env_var_is_refused() {
+        let err =
+            check_env_names(["MESHAUDIT_DATA_DIRR".to_owned()].into_iter()).expect_err("typo");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("MESHAUDIT_DATA_DIRR") && msg.contains("MESHAUDIT_DATA_DIR"),
+            "{msg}"
+        );
+        check_env_names(["MESHAUDIT_DATA_DIR".to_owned(), "PATH".to_owned()].into_iter())
+            .expect("known");
+    }
+
+    #[test]
+    fn invalid_value_names_flag_env_and_fix() {
+        let cfg = ServeConfig {
+            parquet_zstd_level: 40,
+            ..ServeConfig::resolve(ServeOptions::default()).expect("defaults are valid")
+        };
+        let msg = cfg.validate().expect_err("level 40").to_string();
+        assert!(
+            msg.contains("--parquet-zstd-level")
+                && msg.contains("MESHAUDIT_PARQUET_ZSTD_LEVEL")
+                && msg.contains("Fix:"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! SPIFFE IDs as Istio issues them: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpiffeId<'a> {
+    pub trust_domain: &'a str,
+    pub namespace: Option<&'a str>,
+    pub service_account: Option<&'a str>,
+}
+
+/// Parses a SPIFFE URI; `None` if it is not one. Paths other than Istio's `/ns/X/sa/Y` keep the
+/// trust domain and leave namespace and service account unknown.
+pub fn parse(uri: &str) -> Option<SpiffeId<'_>> {
+    let rest = uri.strip_prefix("spiffe://")?;
+    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if td.is_empty() {
+        return None;
+    }
+    let mut id = SpiffeId {
+        trust_domain: td,
+        namespace: None,
+        service_account: None,
+    };
+    let segs: Vec<&str> = path.split('/').collect();
+    if let ["ns", ns, "sa", sa] = segs.as_slice() {
+        if !ns.is_empty() && !sa.is_empty() {
+            id.namespace = Some(ns);
+            id.service_account = Some(sa);
+        }
+    }
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let id = parse("spiffe://cluster.local/ns/orders/sa/checkout").expect("spiffe");
+        assert_eq!(id.trust_domain, "cluster.local");
+        assert_eq!(id.namespace, Some("orders"));
+        assert_eq!(id.service_account, Some("checkout"));
+        let odd = parse("spiffe://example.org/workload/x").expect("spiffe");
+        assert_eq!((odd.namespace, odd.service_account), (None, None));
+        assert!(parse("https://cluster.local/ns/a/sa/b").is_none());
+        assert!(parse("spiffe:///ns/a/sa/b").is_none());
+        assert_eq!(
+            parse("spiffe://td/ns//sa/b").map(|i| i.namespace),
+            Some(None)
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! Event and Traffic columns from a decoded ALS entry. Pure functions: no I/O, no clock.
+
+use bytes::Bytes;
+
+use crate::ingest::pbstruct::StructError;
+use crate::ingest::wire::{
+    AccessLogCommon, Address, BytesEntry, CertificateProperties, HttpAccessLogEntry, ResponseFlags,
+    TcpAccessLogEntry, Timestamp,
+};
+use crate::record::{values, AuditRecord, StringList};
+
+use super::redact::Redactor;
+use super::{peer, spiffe};
+
+/// Copies a wire string into an owned one; empty (proto3's "absent") becomes `None`.
+pub(crate) fn text(b: &[u8]) -> Option<String> {
+    if b.is_empty() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(b).into_owned())
+    }
+}
+
+/// Borrows a wire string; empty or invalid UTF-8 becomes `None`.
+pub(crate) fn str_of(b: &[u8]) -> Option<&str> {
+    if b.is_empty() {
+        None
+    } else {
+        std::str::from_utf8(b).ok()
+    }
+}
+
+/// Microseconds since the epoch, truncated (not rounded) as the contract asks.
+pub fn timestamp_micros(ts: &Timestamp) -> Option<i64> {
+    ts.seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(ts.nanos) / 1_000)
+}
+
+/// Looks up a logged header (keys are lower-case as Envoy logs them).
+pub(crate) fn header<'a>(headers: &'a [BytesEntry], name: &str) -> Option<&'a Bytes> {
+    headers
+        .iter()
+        .rev()
+        .find(|h| h.key.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|h| &h.value)
+}
+
+/// Fills the columns every entry kind shares.
+pub fn fill_common(rec: &mut AuditRecord, common: &AccessLogCommon) -> Result<(), StructError> {
+    rec.start_time = common.start_time.as_ref().and_then(timestamp_micros);
+    rec.duration_ms = common
+        .time_to_last_downstream_tx_byte
+        .as_ref()
+        .and_then(|d| {
+            let micros = d
+                .seconds
+                .checked_mul(1_000_000)?
+                .checked_add(i64::from(d.nanos) / 1_000)?;
+            Some(micros as f64 / 1_000.0)
+        });
+    rec.route_name = text(&common.route_name);
+    rec.upstream_cluster = text(&common.upstream_cluster);
+    rec.response_flags = Some(response_flags(common.response_flags.as_ref()));
+    rec.client_address = common.downstream_remote_address.as_ref().and_then(ip_of);
+    rec.upstream_host = common.upstream_remote_address.as_ref().and_then(host_port);
+
+    let tls = common.tls_properties.as_ref();
+    let peer_uri = tls.and_then(|t| spiffe_uri(t.peer_certificate_properties.as_ref()));
+    let local_uri = tls.and_then(|t| spiffe_uri(t.local_certificate_properties.as_ref()));
+    let downstream =
+        peer::find(&common.filter_state_objects, "downstream_peer")?.unwrap_or_default();
+    let upstream = peer::find(&common.filter_state_objects, "upstream_peer")?.unwrap_or_default();
+
+    let source_id = peer_uri.and_then(spiffe::parse);
+    rec.source_principal = peer_uri.map(str::to_owned);
+    rec.source_namespace = source_id
+        .and_then(|i| i.namespace)
+        .or(downstream.namespace)
+        .map(str::to_owned);
+    rec.source_workload = source_id
+        .and_then(|i| i.service_account)
+        .or(downstream.workload)
+        .map(str::to_owned);
+
+    let dest_id = local_uri.and_then(spiffe::parse);
+    let outbound_host = outbound_host(&common.upstream_cluster);
+    rec.destination_principal = local_uri.map(str::to_owned);
+    rec.destination_namespace = dest_id
+        .and_then(|i| i.namespace)
+        .or(upstream.namespace)
+        .or_else(|| outbound_host.and_then(namespace_of_host))
+        .map(str::to_owned);
+    rec.destination_service = upstream
+        .service
+        .or(upstream.workload)
+        .or(outbound_host)
+        .map(str::to_owned);
+    Ok(())
+}
+
+/// Fills an HTTP entry's columns (after [`fill_common`]).
+pub fn fill_http(rec: &mut AuditRecord, entry: &HttpAccessLogEntry, redactor: &Redactor) {
+    rec.entry_kind = values::ENTRY_HTTP.to_owned();
+    rec.protocol = http_version(entry.protocol_version).map(str::to_owned);
+    if let Some(req) = &entry.request {
+        rec.method = method(req.request_method).map(str::to_owned);
+        rec.scheme = text(&req.scheme);
+        rec.authority = text(&req.authority);
+        rec.path = text(&req.path).map(|p| match redactor.redact_path(&p) {
+            std::borrow::Cow::Borrowed(_) => p,
+            std::borrow::Cow::Owned(redacted) => redacted,
+        });
+        rec.user_agent = text(&req.user_agent);
+        rec.request_id = text(&req.request_id);
+        rec.request_bytes = Some(clamp(req.request_body_bytes));
+        rec.trace_id = header(&req.request_headers, "traceparent").and_then(|h| trace_id(h));
+        if rec.destination_service.is_none() {
+            // An inbound sidecar entry names no upstream service: the request's own authority is
+            // the destination service host.
+            rec.destination_service = str_of(&req.authority)
+                .map(|a| strip_port(a).to_owned())
+                .filter(|a| !a.is_empty());
+        }
+    }
+    if let Some(resp) = &entry.response {
+        rec.status_code = resp
+            .response_code
+            .as_ref()
+            .and_then(|c| i32::try_from(c.value).ok());
+        rec.response_code_details = text(&resp.response_code_details);
+        rec.response_bytes = Some(clamp(resp.response_body_bytes));
+    }
+}
+
+/// Fills a TCP entry's columns (after [`fill_common`]).
+pub fn fill_tcp(rec: &mut AuditRecord, entry: &TcpAccessLogEntry) {
+    rec.entry_kind = values::ENTRY_TCP.to_owned();
+    rec.protocol = Some(values::ENTRY_TCP.to_owned());
+    if let Some(conn) = &entry.connection_properties {
+        rec.request_bytes = Some(clamp(conn.received_bytes));
+        rec.response_bytes = Some(clamp(conn.sent_bytes));
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn http_version(v: i32) -> Option<&'static str> {
+    match v {
+        1 => Some("HTTP/1.0"),
+        2 => Some("HTTP/1.1"),
+        3 => Some("HTTP/2"),
+        4 => Some("HTTP/3"),
+        _ => None,
+    }
+}
+
+fn method(m: i32) -> Option<&'static str> {
+    const NAMES: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    usize::try_from(m)
+        .ok()
+        .and_then(|i| i.checked_sub(1))
+        .and_then(|i| NAMES.get(i).copied())
+}
+
+/// Envoy's short codes, in the proto's field order.
+pub fn response_flags(flags: Option<&ResponseFlags>) -> StringList {
+    let mut out = StringList::default();
+    let Some(f) = flags else { return out };
+    let table: [(bool, &str); 28] = [
+        (f.failed_local_healthcheck, "LH"),
+        (f.no_healthy_upstream, "UH"),
+        (f.upstream_request_timeout, "UT"),
+        (f.local_reset, "LR"),
+        (f.upstream_remote_reset, "UR"),
+        (f.upstream_connection_failure, "UF"),
+        (f.upstream_connection_termination, "UC"),
+        (f.upstream_overflow, "UO"),
+        (f.no_route_found, "NR"),
+        (f.delay_injected, "DI"),
+        (f.fault_injected, "FI"),
+        (f.rate_limited, "RL"),
+        (f.unauthorized_details.is_some(), "UAEX"),
+        (f.rate_limit_service_error, "RLSE"),
+        (f.downstream_connection_termination, "DC"),
+        (f.upstream_retry_limit_exceeded, "URX"),
+        (f.stream_idle_timeout, "SI"),
+        (f.invalid_envoy_request_headers, "IH"),
+        (f.downstream_protocol_error, "DPE"),
+        (f.upstream_max_stream_duration_reached, "UMSDR"),
+        (f.response_from_cache_filter, "RFCF"),
+        (f.no_filter_config_found, "NFCF"),
+        (f.duration_timeout, "DT"),
+        (f.upstream_protocol_error, "UPE"),
+        (f.no_cluster_found, "NC"),
+        (f.overload_manager, "OM"),
+        (f.dns_resolution_failure, "DF"),
+        (f.downstream_remote_reset, "DR"),
+    ];
+    out.values = table
+        .iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, code)| (*code).to_owned())
+        .collect();
+    out
+}
+
+fn ip_of(addr: &Address) -> Option<String> {
+    addr.socket_address.as_ref().and_then(|s| text(&s.address))
+}
+
+fn host_port(addr: &Address) -> Option<String> {
+    let s = addr.socket_address.as_ref()?;
+    let ip = str_of(&s.address)?;
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{}", s.port_value)
+    } else {
+        format!("{ip}:{}", s.port_value)
+    })
+}
+
+fn spiffe_uri(cert: Option<&CertificateProperties>) -> Option<&str> {
+    use crate::ingest::wire::subject_alt_name::San;
+    cert?
+        .subject_alt_name
+        .iter()
+        .find_map(|san| match &san.san {
+            Some(San::Uri(u)) => str_of(u).filter(|u| u.starts_with("spiffe://")),
+            _ => None,
+        })
+}
+
+/// `outbound|8080||orders.shop.svc.cluster.local` → `orders.shop.svc.cluster.local`.
+fn outbound_host(cluster: &[u8]) -> Option<&str> {
+    let c = str_of(cluster)?;
+    let mut parts = c.splitn(4, '|');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("outbound"), Some(_), Some(_), Some(host)) if !host.is_empty() => Some(host),
+        _ => None,
+    }
+}
+
+/// `orders.shop.svc.cluster.local` → `shop`.
+fn namespace_of_host(host: &str) -> Option<&str> {
+    let mut labels = host.split('.');
+    let (_svc, ns, svc_label) = (labels.next()?, labels.next()?, labels.next()?);
+    (svc_label == "svc" && !ns.is_empty()).then_some(ns)
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split_once(']')
+            .map_or(authority, |(h, _)| &h[1..]);
+    }
+    authority
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(authority, |(h, _)| h)
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), lowercase; all-zero ids
+/// are invalid by the spec and give `None`.
+pub fn trace_id(traceparent: &[u8]) -> Option<String> {
+    let tp = std::str::from_utf8(traceparent).ok()?.trim();
+    let mut parts = tp.split('-');
+    let (version, id, parent) = (parts.next()?, parts.next()?, parts.next()?);
+    let _flags = parts.next()?;
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || version.eq_ignore_ascii_case("ff") || !hex(id, 32) || !hex(parent, 16) {
+        return None;
+    }
+    if id.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(id.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert_eq!(method(1), Some("GET"));
+        assert_eq!(method(9), Some("PATCH"));
+        assert_eq!(method(0), None);
+        assert_eq!(method(10), None);
+        assert_eq!(http_version(3), Some("HTTP/2"));
+        assert_eq!(http_version(0), None);
+        assert_eq!(
+            outbound_host(b"outbound|8080||orders.shop.svc.cluster.local"),
+            Some("orders.shop.svc.cluster.local")
+        );
+        assert_eq!(outbound_host(b"inbound|8080||"), None);
+        assert_eq!(
+            namespace_of_host("orders.shop.svc.cluster.local"),
+            Some("shop")
+        );
+        assert_eq!(namespace_of_host("example.com"), None);
+        assert_eq!(strip_port("orders:8080"), "orders");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("orders"), "orders");
+        assert_eq!(
+            trace_id(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id(b"garbage"), None);
+        assert_eq!(
+            timestamp_micros(&Timestamp {
+                seconds: 1,
+                nanos: 999_999
+            }),
+            Some(1_000_999)
+        );
+    }
+
+    #[test]
+    fn flags_in_field_order() {
+        let f = ResponseFlags {
+            downstream_connection_termination: true,
+            no_healthy_upstream: true,
+            unauthorized_details: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(response_flags(Some(&f)).values, ["UH", "UAEX", "DC"]);
+        assert!(response_flags(None).values.is_empty());
+    }
+}

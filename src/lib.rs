@@ -1,0 +1,15 @@
+//! meshaudit: an identity-tagged audit trail for an Istio service mesh.
+//!
+//! The modules follow the data flow (see ARCHITECTURE.md):
+//! [`ingest`] (Envoy ALS over gRPC) → [`join`] (identity and policy onto traffic) →
+//! [`store`] (Parquet, Postgres) → use (reports, dashboards).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod ingest;
+pub mod join;
+pub mod record;
+pub mod serve;
+pub mod store;
+pub mod telemetry;

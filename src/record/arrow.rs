@@ -1,0 +1,158 @@
+//! Arrow schema and record batches derived from [`COLUMNS`]: what Parquet files (and the report
+//! engine) see. Types follow docs/audit-record.md exactly: text → Utf8, int → Int32,
+//! bigint → Int64, float8 → Float64, bool → Boolean, timestamptz → Timestamp(µs, "UTC"),
+//! text[] → List<Utf8>.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::{AuditRecord, Column, ColumnType, Getter, COLUMNS};
+
+fn data_type(t: ColumnType) -> DataType {
+    match t {
+        ColumnType::Text => DataType::Utf8,
+        ColumnType::Int => DataType::Int32,
+        ColumnType::BigInt => DataType::Int64,
+        ColumnType::Float8 => DataType::Float64,
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Timestamptz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ColumnType::TextArray => DataType::List(Arc::new(list_item_field())),
+    }
+}
+
+fn list_item_field() -> Field {
+    Field::new("item", DataType::Utf8, true)
+}
+
+/// The Arrow schema of an audit record batch (built once).
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let fields: Vec<Field> = COLUMNS
+                .iter()
+                .map(|c| Field::new(c.name, data_type(c.column_type()), c.nullable))
+                .collect();
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Encodes records column by column into one Arrow batch.
+pub fn to_record_batch(records: &[AuditRecord]) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<ArrayRef> = COLUMNS.iter().map(|c| build_column(c, records)).collect();
+    RecordBatch::try_new(schema(), columns)
+}
+
+fn build_column(col: &Column, records: &[AuditRecord]) -> ArrayRef {
+    let n = records.len();
+    match col.get {
+        Getter::Text(get) => {
+            let mut b = StringBuilder::with_capacity(n, n * 16);
+            records.iter().for_each(|r| b.append_option(get(r)));
+            Arc::new(b.finish())
+        }
+        Getter::Int(get) => {
+            let mut b = Int32Builder::with_capacity(n);
+            records.iter().for_each(|r| b.append_option(get(r)));
+            Arc::new(b.finish())
+        }
+        Getter::BigInt(get) => {
+            let mut b = Int64Builder::with_capacity(n);
+            records.iter().for_each(|r| b.append_option(get(r)));
+            Arc::new(b.finish())
+        }
+        Getter::Float8(get) => {
+            let mut b = Float64Builder::with_capacity(n);
+            records.iter().for_each(|r| b.append_option(get(r)));
+            Arc::new(b.finish())
+        }
+        Getter::Bool(get) => {
+            let mut b = BooleanBuilder::with_capacity(n);
+            records.iter().for_each(|r| b.append_option(get(r)));
+            Arc::new(b.finish())
+        }
+        Getter::Timestamptz(get) => {
+            let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+            records.iter().for_each(|r| b.append_option(get(r)));
+            Arc::new(b.finish())
+        }
+        Getter::TextArray(get) => {
+            let mut b = ListBuilder::new(StringBuilder::new()).with_field(list_item_field());
+            for r in records {
+                match get(r) {
+                    Some(values) => {
+                        values.iter().for_each(|v| b.values().append_value(v));
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Getter::NullableTextArray(get) => {
+            let mut b = ListBuilder::new(StringBuilder::new()).with_field(list_item_field());
+            for r in records {
+                match get(r) {
+                    Some(values) => {
+                        values
+                            .iter()
+                            .for_each(|v| b.values().append_option(v.value.as_deref()));
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                }
+            }
+            Arc::new(b.finish())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{string_list, NullableString, NullableStringList};
+    use arrow_array::{Array, ListArray, StringArray};
+
+    #[test]
+    fn batch_keeps_null_and_empty_lists_apart() {
+        let mut a = AuditRecord {
+            record_id: "a".into(),
+            ..Default::default()
+        };
+        a.groups = Some(string_list(Vec::<String>::new()));
+        a.group_names = Some(NullableStringList {
+            values: vec![
+                NullableString { value: None },
+                NullableString {
+                    value: Some("x".into()),
+                },
+            ],
+        });
+        let b = AuditRecord {
+            record_id: "b".into(),
+            ..Default::default()
+        };
+        let batch = to_record_batch(&[a, b]).expect("valid batch");
+        assert_eq!(batch.num_rows(), 2);
+        let groups = batch.column_by_name("groups").expect("groups");
+        let groups = groups.as_any().downcast_ref::<ListArray>().expect("list");
+        assert!(groups.is_valid(0) && groups.value(0).is_empty());
+        assert!(groups.is_null(1));
+        let names = batch.column_by_name("group_names").expect("group_names");
+        let names = names.as_any().downcast_ref::<ListArray>().expect("list");
+        let first = names.value(0);
+        let first = first.as_any().downcast_ref::<StringArray>().expect("utf8");
+        assert!(first.is_null(0));
+        assert_eq!(first.value(1), "x");
+        // response_flags is never NULL, even for a record that did not set it.
+        let flags = batch.column_by_name("response_flags").expect("flags");
+        assert_eq!(flags.null_count(), 0);
+    }
+}

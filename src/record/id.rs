@@ -1,0 +1,62 @@
+//! `record_id`: 32 lowercase hex characters, deterministic from the proxy's node id, the log name
+//! and the entry's encoded bytes, so that an entry sent twice is stored once, while the same entry
+//! from another proxy is another record.
+//!
+//! BLAKE3 (keyed by a fixed context string) truncated to 128 bits: a cryptographic hash, so that a
+//! writer cannot craft two different entries with one id and have the second silently dropped
+//! by the idempotent Postgres write; and several times faster than SHA-256 on 1-3 KB entries.
+
+const CONTEXT: &str = "meshaudit 2026-11 record_id v1";
+
+/// Which ALS entry type the bytes encode; part of the hash so an HTTP and a TCP entry with equal
+/// bytes cannot collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryType {
+    Http,
+    Tcp,
+}
+
+pub fn record_id(node_id: &[u8], log_name: &[u8], kind: EntryType, entry: &[u8]) -> String {
+    let mut h = blake3::Hasher::new_derive_key(CONTEXT);
+    // Length prefixes keep the fields apart: ("ab","c") and ("a","bc") hash differently.
+    h.update(&(node_id.len() as u64).to_le_bytes());
+    h.update(node_id);
+    h.update(&(log_name.len() as u64).to_le_bytes());
+    h.update(log_name);
+    h.update(&[match kind {
+        EntryType::Http => 1,
+        EntryType::Tcp => 2,
+    }]);
+    h.update(entry);
+    let digest = h.finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest.as_bytes()[..16] {
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_and_distinct() {
+        let a = record_id(b"node-a", b"als", EntryType::Http, b"entry");
+        assert_eq!(a, record_id(b"node-a", b"als", EntryType::Http, b"entry"));
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, record_id(b"node-b", b"als", EntryType::Http, b"entry"));
+        assert_ne!(a, record_id(b"node-a", b"als2", EntryType::Http, b"entry"));
+        assert_ne!(a, record_id(b"node-a", b"als", EntryType::Tcp, b"entry"));
+        assert_ne!(a, record_id(b"node-a", b"als", EntryType::Http, b"entry2"));
+        assert_ne!(
+            record_id(b"ab", b"c", EntryType::Http, b""),
+            record_id(b"a", b"bc", EntryType::Http, b"")
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! `meshaudit serve`: builds every component from a validated [`ServeConfig`], runs them, and
+//! drains on SIGTERM/SIGINT.
+//!
+//! Order matters: sinks are opened and listeners bound before the collector reports ready, so a
+//! bad data dir or a taken port fails at start-up with a clear message. On a signal: readiness
+//! drops, every ALS stream ends with UNAVAILABLE (Envoy reconnects to another replica), the
+//! listener closes, and the writer finishes every file within the shutdown deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::ServeConfig;
+use crate::ingest::service::{AlsServer, StreamHandler};
+use crate::join::redact::Redactor;
+use crate::join::Joiner;
+use crate::store::parquet::{ParquetConfig, ParquetError, ParquetSink};
+use crate::store::pipeline;
+use crate::telemetry::{self, Metrics};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Parquet(#[from] ParquetError),
+    #[error("cannot listen on {what} {addr}: {source}. Fix: choose a free port with {flag}")]
+    Bind {
+        what: &'static str,
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot start OpenTelemetry export: {0}. Fix: check OTEL_EXPORTER_OTLP_ENDPOINT")]
+    Otel(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("the ALS server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+    #[error("could not finish writing within the shutdown deadline of {0:?}; unfinished files are left as .parquet.inprogress")]
+    DrainTimeout(std::time::Duration),
+    #[error("the writer thread panicked")]
+    WriterPanicked,
+}
+
+pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    let otel = telemetry::init_otel(&metrics)?;
+
+    let sink = ParquetSink::new(
+        ParquetConfig {
+            data_dir: cfg.data_dir.clone(),
+            max_file_bytes: cfg.parquet_max_file_bytes,
+            max_file_age: cfg.parquet_max_file_age,
+            row_group_rows: cfg.parquet_row_group_rows,
+            zstd_level: cfg.parquet_zstd_level,
+        },
+        Arc::clone(&metrics),
+    )?;
+    let pipeline = pipeline::start(
+        sink,
+        cfg.buffer_messages,
+        Arc::clone(&metrics),
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(ServeError::Thread)?;
+
+    let bind = |what, flag, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what,
+                flag,
+                addr,
+                source,
+            })
+    };
+    let als_listener = bind("the ALS address", "--als-addr", cfg.als_addr).await?;
+    let admin_listener = bind("the admin address", "--admin-addr", cfg.admin_addr).await?;
+    let als_addr = als_listener.local_addr().unwrap_or(cfg.als_addr);
+    let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_addr);
+
+    let shutdown = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_task = {
+        let state = AdminState {
+            ready: Arc::clone(&ready),
+            metrics: Arc::clone(&metrics),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(admin_listener, admin::router(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                error!(error = %e, "admin server failed");
+            }
+        })
+    };
+
+    let handler = Arc::new(StreamHandler {
+        joiner: Arc::new(Joiner::new(Redactor::new(
+            cfg.redact_params.iter().map(String::as_str),
+        ))),
+        out: pipeline.sender.clone(),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown.clone(),
+    });
+    let server = tonic::transport::Server::builder()
+        .add_service(AlsServer::new(handler, cfg.max_message_bytes))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(als_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let server_task = tokio::spawn(server);
+    // Only the server's handler holds a sender now: when the server is gone, the writer drains.
+    drop(pipeline.sender);
+
+    ready.store(true, Ordering::Release);
+    info!(%als_addr, %admin_addr, data_dir = %cfg.data_dir.display(), "meshaudit collector ready");
+    warn!(%als_addr, "ALS listener is plaintext (h2c); inside the mesh, Istio mTLS protects it");
+
+    wait_for_signal().await;
+    info!("shutting down: ending ALS streams and finishing files");
+    ready.store(false, Ordering::Release);
+    shutdown.cancel();
+
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
+    match tokio::time::timeout_at(deadline, server_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => error!(error = %e, "ALS server ended with an error"),
+        Ok(Err(e)) => error!(error = %e, "ALS server task failed"),
+        Err(_) => return Err(ServeError::DrainTimeout(cfg.shutdown_timeout)),
+    }
+    let writer = tokio::task::spawn_blocking(move || pipeline.writer.join());
+    let written = match tokio::time::timeout_at(deadline, writer).await {
+        Err(_) => return Err(ServeError::DrainTimeout(cfg.shutdown_timeout)),
+        Ok(Err(_)) | Ok(Ok(Err(_))) => return Err(ServeError::WriterPanicked),
+        Ok(Ok(Ok(result))) => result,
+    };
+    written?;
+    let _ = admin_task.await;
+    otel.shutdown();
+    info!(
+        records = metrics.parquet_records_written.load(Ordering::Relaxed),
+        "meshaudit stopped cleanly"
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                r = tokio::signal::ctrl_c() => { if let Err(e) = r { warn!(error = %e, "cannot listen for SIGINT"); } }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the collector");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

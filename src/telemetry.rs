@@ -1,0 +1,274 @@
+//! Self-telemetry: every outcome is counted once, here.
+//!
+//! Counters are plain atomics (an uncontended `fetch_add` per message on the hot path). They are
+//! exported two ways: as OpenTelemetry observable instruments over OTLP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and as Prometheus text on the admin `/metrics` endpoint,
+//! which is also what the tests read. Logs are structured `tracing` events.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::metrics::{Histogram, MeterProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+
+/// Why a message or stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Bytes that do not decode as a StreamAccessLogsMessage or one of its entries.
+    Malformed,
+    /// Larger than the configured maximum message size.
+    Oversized,
+    /// A stream whose first message carries no Identifier.
+    NoIdentifier,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::Oversized => "oversized",
+            Rejection::NoIdentifier => "no_identifier",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub streams_opened: AtomicU64,
+    pub streams_active: AtomicU64,
+    pub stream_errors: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub entries_received: AtomicU64,
+    pub rejected_malformed: AtomicU64,
+    pub rejected_oversized: AtomicU64,
+    pub rejected_no_identifier: AtomicU64,
+    pub parquet_records_written: AtomicU64,
+    pub parquet_files_written: AtomicU64,
+    pub parquet_write_errors: AtomicU64,
+    pub batch_write_seconds_sum_micros: AtomicU64,
+    pub batch_write_count: AtomicU64,
+    batch_write_histogram: std::sync::OnceLock<Histogram<f64>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Metrics::default())
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        let c = match why {
+            Rejection::Malformed => &self.rejected_malformed,
+            Rejection::Oversized => &self.rejected_oversized,
+            Rejection::NoIdentifier => &self.rejected_no_identifier,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// Records how long a sink took to write one batch.
+    pub fn batch_written(&self, sink: &'static str, took: Duration) {
+        self.batch_write_count.fetch_add(1, Relaxed);
+        self.batch_write_seconds_sum_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        if let Some(h) = self.batch_write_histogram.get() {
+            h.record(took.as_secs_f64(), &[KeyValue::new("sink", sink)]);
+        }
+    }
+
+    fn counters(
+        &self,
+    ) -> [(
+        &'static str,
+        &'static str,
+        &[(&'static str, &'static str)],
+        u64,
+    ); 11] {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        [
+            (
+                "als_streams_opened",
+                "ALS streams opened",
+                &[],
+                g(&self.streams_opened),
+            ),
+            (
+                "als_stream_errors",
+                "ALS streams that ended with a transport error",
+                &[],
+                g(&self.stream_errors),
+            ),
+            (
+                "als_messages_received",
+                "StreamAccessLogsMessages accepted",
+                &[],
+                g(&self.messages_received),
+            ),
+            (
+                "als_entries_received",
+                "access log entries accepted",
+                &[],
+                g(&self.entries_received),
+            ),
+            (
+                "als_messages_rejected",
+                "messages refused",
+                &[("reason", "malformed")],
+                g(&self.rejected_malformed),
+            ),
+            (
+                "als_messages_rejected",
+                "messages refused",
+                &[("reason", "oversized")],
+                g(&self.rejected_oversized),
+            ),
+            (
+                "als_messages_rejected",
+                "messages refused",
+                &[("reason", "no_identifier")],
+                g(&self.rejected_no_identifier),
+            ),
+            (
+                "sink_records_written",
+                "records durably written",
+                &[("sink", "parquet")],
+                g(&self.parquet_records_written),
+            ),
+            (
+                "sink_files_written",
+                "files completed",
+                &[("sink", "parquet")],
+                g(&self.parquet_files_written),
+            ),
+            (
+                "sink_write_errors",
+                "failed sink writes",
+                &[("sink", "parquet")],
+                g(&self.parquet_write_errors),
+            ),
+            (
+                "sink_batch_writes",
+                "sink batch writes",
+                &[],
+                g(&self.batch_write_count),
+            ),
+        ]
+    }
+
+    /// Prometheus text exposition (counters are `_total`).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut last = "";
+        for (name, help, labels, value) in self.counters() {
+            if name != last {
+                let _ = writeln!(
+                    out,
+                    "# HELP meshaudit_{name}_total {help}\n# TYPE meshaudit_{name}_total counter"
+                );
+                last = name;
+            }
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
+            let _ = writeln!(out, "meshaudit_{name}_total{labels} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE meshaudit_als_streams_active gauge\nmeshaudit_als_streams_active {}",
+            self.streams_active.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE meshaudit_sink_batch_write_seconds_sum counter\nmeshaudit_sink_batch_write_seconds_sum {:.6}",
+            self.batch_write_seconds_sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        out
+    }
+}
+
+/// Keeps the OTLP pipeline alive; flushes it on drop.
+pub struct OtelGuard {
+    provider: Option<SdkMeterProvider>,
+}
+
+impl OtelGuard {
+    pub fn shutdown(mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                tracing::warn!(error = %e, "OpenTelemetry metrics shutdown failed");
+            }
+        }
+    }
+}
+
+/// Starts OTLP metric export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; silent otherwise.
+/// Must run inside the tokio runtime (the tonic exporter needs it).
+pub fn init_otel(
+    metrics: &Arc<Metrics>,
+) -> Result<OtelGuard, opentelemetry_otlp::ExporterBuildError> {
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        return Ok(OtelGuard { provider: None });
+    }
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .build()?;
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter).build())
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("meshaudit")
+                .build(),
+        )
+        .build();
+    let meter = provider.meter("meshaudit");
+    // One observable counter per name; its callback reports every label set of that name.
+    let mut names: Vec<(&'static str, &'static str)> = Vec::new();
+    for (name, help, _, _) in metrics.counters() {
+        if !names.iter().any(|(n, _)| *n == name) {
+            names.push((name, help));
+        }
+    }
+    for (name, help) in names {
+        let m = Arc::clone(metrics);
+        meter
+            .u64_observable_counter(format!("meshaudit.{}", name.replace('_', ".")))
+            .with_description(help)
+            .with_callback(move |obs| {
+                for (n, _, labels, value) in m.counters() {
+                    if n == name {
+                        let attrs: Vec<KeyValue> =
+                            labels.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect();
+                        obs.observe(value, &attrs);
+                    }
+                }
+            })
+            .build();
+    }
+    let _ = metrics.batch_write_histogram.set(
+        meter
+            .f64_histogram("meshaudit.sink.batch.write.duration")
+            .with_unit("s")
+            .with_description("time to write one batch to a sink")
+            .build(),
+    );
+    tracing::info!("exporting metrics over OTLP");
+    Ok(OtelGuard {
+        provider: Some(provider),
+    })
+}
+
+/// Structured logs to stderr; `RUST_LOG` filters (default `info`); `json` for machines.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
