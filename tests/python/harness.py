@@ -106,11 +106,13 @@ class Collector:
             self._spawn()
             if self._wait_ready():
                 return self
-            if "cannot listen" not in self.stderr():
+            exited = self.proc.poll()
+            self.kill()
+            if exited is None or "cannot listen" not in self.stderr():
                 break
         raise AssertionError(
-            f"collector did not become ready (exit {self.proc.returncode if self.proc else None});"
-            f" stderr:\n{self.stderr()[-4000:]}"
+            f"collector did not become ready (timeout {READY_TIMEOUT_S}s; exit code"
+            f" {self.proc.returncode if self.proc else None}); stderr:\n{self.stderr()[-4000:]}"
         )
 
     def _spawn(self) -> None:
