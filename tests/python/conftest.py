@@ -3,7 +3,7 @@ run over the shared corpus, stopped with SIGTERM, its output read back; shared b
 only read it).
 
 Run through scripts/test. To rerun only this suite after `cargo build`:
-    MESHAUDIT_BIN=target/debug/meshaudit target/pyenv/bin/python -m pytest tests/python -k NAME
+    COLLECTOR_BIN=target/debug/meshaudit target/pyenv/bin/python -m pytest tests/python -k NAME
 """
 
 from __future__ import annotations

@@ -54,23 +54,23 @@ def free_port() -> int:
 
 
 def binary() -> Path:
-    path = os.environ.get("MESHAUDIT_BIN")
+    path = os.environ.get("COLLECTOR_BIN")
     if not path:
         raise RuntimeError(
-            "MESHAUDIT_BIN is not set: run the suite through scripts/test, or set it to "
+            "COLLECTOR_BIN is not set: run the suite through scripts/test, or set it to "
             "target/debug/meshaudit after `cargo build`"
         )
     p = Path(path)
     if not p.is_absolute():
         p = REPO / p
     if not os.access(p, os.X_OK):
-        raise RuntimeError(f"MESHAUDIT_BIN={path}: not an executable file")
+        raise RuntimeError(f"COLLECTOR_BIN={path}: not an executable file")
     return p
 
 
 def child_env() -> dict[str, str]:
     # The collector refuses unknown MESHAUDIT_* variables (a typo must not be ignored), and
-    # MESHAUDIT_BIN is the suite's own; OTEL_* would turn on export to a collector not here.
+    # OTEL_* would turn on export to a collector not here.
     env = {
         k: v
         for k, v in os.environ.items()
