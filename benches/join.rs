@@ -16,12 +16,18 @@ use prost::Message;
 /// The load generator's Istio-shaped HTTP entries (Entra claims, RBAC metadata, peer metadata,
 /// SPIFFE SANs, a logged authorization header), as encoded entry bytes.
 fn corpus_entries(tokens: usize) -> Vec<Bytes> {
-    let corpus = Corpus::generate(&CorpusSpec { tokens, deny_ratio: 0.05, seed: 7, now_unix: 1_772_446_504 });
+    let corpus = Corpus::generate(&CorpusSpec {
+        tokens,
+        deny_ratio: 0.05,
+        seed: 7,
+        now_unix: 1_772_446_504,
+    });
     corpus
         .http
         .iter()
         .flat_map(|m| {
-            let msg = wire::StreamAccessLogsMessage::decode(m.bytes.clone()).expect("corpus decodes");
+            let msg =
+                wire::StreamAccessLogsMessage::decode(m.bytes.clone()).expect("corpus decodes");
             match msg.log_entries {
                 Some(wire::stream_access_logs_message::LogEntries::HttpLogs(h)) => h.log_entry,
                 _ => vec![],

@@ -203,7 +203,8 @@ def build() -> Corpus:
         destination_principal=None,
         destination_namespace="shop",
         destination_service="orders.shop.svc.cluster.local",
-        **ANONYMOUS,
+        # The UAEX flag is ext_authz's denial (docs/audit-record.md, Policy decision).
+        **{**ANONYMOUS, "decision": "deny", "decision_engine": "ext_authz"},
     )
 
     h3 = E.http_entry(
