@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use meshaudit::config::{ServeConfig, ServeOptions};
+use meshaudit::loadgen::LoadgenOptions;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the collector: Envoy gRPC Access Log Service in, audit records out to Parquet.
     Serve(ServeOptions),
+    /// Stream generated Istio-shaped ALS entries at a collector; prints what was sent as JSON.
+    Loadgen(LoadgenOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +38,18 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             rt.block_on(meshaudit::serve::run(cfg))
                 .context("meshaudit serve failed")?;
+        }
+        Command::Loadgen(opts) => {
+            meshaudit::telemetry::init_logging(false);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("meshaudit-loadgen")
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt
+                .block_on(meshaudit::loadgen::run(&opts))
+                .context("meshaudit loadgen failed")?;
+            println!("{}", serde_json::to_string(&report)?);
         }
     }
     Ok(())

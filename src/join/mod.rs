@@ -6,6 +6,7 @@
 
 pub mod identity;
 pub mod peer;
+pub mod policy;
 pub mod redact;
 pub mod spiffe;
 pub mod traffic;
@@ -17,7 +18,7 @@ use thiserror::Error;
 use crate::ingest::pbstruct::StructError;
 use crate::ingest::wire::{HttpAccessLogEntry, Identifier, TcpAccessLogEntry};
 use crate::record::id::{record_id, EntryType};
-use crate::record::{values, AuditRecord};
+use crate::record::AuditRecord;
 use identity::{IdentityResolver, KeyNeed};
 
 use redact::Redactor;
@@ -31,6 +32,8 @@ pub enum JoinError {
     },
     #[error("malformed metadata in access log entry: {0}")]
     Metadata(#[from] StructError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
 }
 
 /// What a stream's first message says about its proxy; every record of the stream carries it.
@@ -148,8 +151,13 @@ impl Joiner {
                     traffic::fill_common(&mut rec, common)?;
                 }
                 traffic::fill_http(&mut rec, &e, &self.redactor);
-                self.identity
-                    .fill(&mut rec, e.common_properties.as_ref(), e.request.as_ref())?
+                let need = self.identity.fill(
+                    &mut rec,
+                    e.common_properties.as_ref(),
+                    e.request.as_ref(),
+                )?;
+                policy::decide(&policy::Evidence::http(&e))?.fill(&mut rec);
+                need
             }
             EntryType::Tcp => {
                 let e = TcpAccessLogEntry::decode(entry.clone()).map_err(|source| {
@@ -162,17 +170,13 @@ impl Joiner {
                     traffic::fill_common(&mut rec, common)?;
                 }
                 traffic::fill_tcp(&mut rec, &e);
-                self.identity
-                    .fill(&mut rec, e.common_properties.as_ref(), None)?
+                let need = self
+                    .identity
+                    .fill(&mut rec, e.common_properties.as_ref(), None)?;
+                policy::decide(&policy::Evidence::tcp(&e))?.fill(&mut rec);
+                need
             }
         };
-        fill_unjoined_policy(&mut rec);
         Ok((rec, need))
     }
-}
-
-/// Policy before any evidence is read: no authorizer known to have run.
-fn fill_unjoined_policy(rec: &mut AuditRecord) {
-    rec.decision = values::DECISION_UNEVALUATED.to_owned();
-    rec.decision_engine = values::ENGINE_NONE.to_owned();
 }

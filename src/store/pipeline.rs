@@ -41,7 +41,8 @@ pub fn start(
             let mut next_tick = Instant::now() + TICK;
             loop {
                 let wait = next_tick.saturating_duration_since(Instant::now());
-                match rt.block_on(tokio::time::timeout(wait, rx.recv())) {
+                // The timer must be created inside the runtime, hence the async block.
+                match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                     Ok(Some(batch)) => {
                         if let Err(e) = sink.push(batch) {
                             failed(&metrics, &e);
