@@ -6,9 +6,10 @@
 //! - **Periodically** (`jwks_refresh_secs`, default 1 h, as Microsoft advises), and sooner after
 //!   a failure (from `jwks_min_refresh_secs` doubling up to the period).
 //! - **On an unknown `kid`**: at most one fetch per set in flight (single flight: every waiter
-//!   subscribes to the fetch already running) and at most one started per
+//!   subscribes to the fetch already running) and at most one started for unknown `kid`s per
 //!   `jwks_min_refresh_secs` (default 30 s) per set, so a flood of tokens naming unknown keys
-//!   costs one request per interval, never one per record.
+//!   costs one request per interval, never one per record. Start-up and scheduled fetches do
+//!   not count against that limit: a key rotated in just after start-up is fetched at once.
 //! - **Rollover**: a key that disappears from the endpoint is kept, marked retired at the moment
 //!   the collector noticed, for [`RETIRED_KEY_RETENTION`]. It still verifies tokens of requests
 //!   made *before* that moment (late entries, buffered streams) but not of requests made after
@@ -48,6 +49,7 @@ pub const RETIRED_KEY_RETENTION: Duration = Duration::from_secs(2 * 3600);
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
 /// One RS256 verification key.
+#[derive(Clone)]
 pub struct Key {
     verifying: VerifyingKey<Sha256>,
     n: Box<[u8]>,
@@ -279,9 +281,20 @@ pub fn parse_jwks(body: &[u8]) -> Result<Vec<(String, Key)>, FetchError> {
 #[derive(Debug, Default)]
 struct RefreshCtl {
     in_flight: bool,
-    last_started: Option<Instant>,
+    /// When the last fetch asked for by an unknown `kid` started: the rate limit applies to
+    /// those only, so the start-up and scheduled fetches never delay a rotated key.
+    last_on_demand: Option<Instant>,
     /// Consecutive failed fetches (0 after a success).
     failures: u32,
+}
+
+/// Why a fetch is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Start-up or the schedule.
+    Scheduled,
+    /// A token named a `kid` the set lacks; at most one such fetch per this interval.
+    UnknownKid { min_interval: Duration },
 }
 
 /// The keys of one JWKS endpoint.
@@ -321,24 +334,30 @@ impl KeySet {
         self.ctl.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a fetch unless one is running or one started less than `min_interval` ago.
-    /// Returns a receiver that changes when the running (or just started) fetch ends, or `None`
-    /// when no fetch runs and none may start yet (nothing to wait for). Needs a tokio runtime.
+    /// Starts a fetch unless one is running, or (for an unknown `kid`) one was asked for by an
+    /// unknown `kid` less than `min_interval` ago. Returns a receiver that changes when the
+    /// running (or just started) fetch ends, or `None` when no fetch runs and none may start yet
+    /// (nothing to wait for). Needs a tokio runtime.
     pub fn refresh(
         self: &Arc<Self>,
         fetcher: &Arc<Fetcher>,
-        min_interval: Duration,
+        trigger: Trigger,
         metrics: &Arc<Metrics>,
     ) -> Option<watch::Receiver<u64>> {
         let mut ctl = self.ctl();
         if ctl.in_flight {
             return Some(self.done.subscribe());
         }
-        if ctl.last_started.is_some_and(|t| t.elapsed() < min_interval) {
-            return None;
+        if let Trigger::UnknownKid { min_interval } = trigger {
+            if ctl
+                .last_on_demand
+                .is_some_and(|t| t.elapsed() < min_interval)
+            {
+                return None;
+            }
+            ctl.last_on_demand = Some(Instant::now());
         }
         ctl.in_flight = true;
-        ctl.last_started = Some(Instant::now());
         // Subscribed under the lock that the fetch takes to report its end: it cannot be missed.
         let rx = self.done.subscribe();
         drop(ctl);
@@ -404,7 +423,7 @@ impl KeySet {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
-            if let Some(mut done) = self.refresh(&fetcher, min_interval, &metrics) {
+            if let Some(mut done) = self.refresh(&fetcher, Trigger::Scheduled, &metrics) {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     _ = done.changed() => {}
@@ -413,8 +432,8 @@ impl KeySet {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn install_for_test(&self, fresh: Vec<(String, Key)>, now_us: i64) {
+    /// Merges `fresh` keys in as if fetched at `now_us`.
+    pub(crate) fn install(&self, fresh: Vec<(String, Key)>, now_us: i64) {
         if let Some(next) = self.keys.load().merged(fresh, now_us) {
             self.keys.store(Arc::new(next));
         }

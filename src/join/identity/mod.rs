@@ -74,7 +74,7 @@ use crate::telemetry::Metrics;
 
 use claims::Claims;
 use directory::{Directory, DirectoryError, DirectoryWatch};
-use jwks::{ClientError, Fetcher, KeySet};
+use jwks::{ClientError, FetchError, Fetcher, KeySet, Trigger};
 use prepared::{write_directory_columns, Prepared};
 use verify::{TrustedIssuer, Verifier};
 
@@ -259,7 +259,7 @@ impl IdentityResolver {
                 .verifier
                 .sets
                 .iter()
-                .filter_map(|s| s.refresh(fetcher, self.min_refresh, &self.metrics))
+                .filter_map(|s| s.refresh(fetcher, Trigger::Scheduled, &self.metrics))
                 .collect();
             let all = futures_util::future::join_all(waits.into_iter().map(|mut rx| async move {
                 let _ = rx.changed().await;
@@ -293,7 +293,10 @@ impl IdentityResolver {
         let (Some(fetcher), Some(set)) = (&self.fetcher, self.verifier.sets.get(need.set)) else {
             return false;
         };
-        let Some(mut done) = set.refresh(fetcher, self.min_refresh, &self.metrics) else {
+        let trigger = Trigger::UnknownKid {
+            min_interval: self.min_refresh,
+        };
+        let Some(mut done) = set.refresh(fetcher, trigger, &self.metrics) else {
             return false;
         };
         self.metrics.jwks_key_waits.fetch_add(1, Relaxed);
@@ -301,6 +304,17 @@ impl IdentityResolver {
             tokio::time::timeout(self.key_wait, done.changed()).await,
             Ok(Ok(()))
         )
+    }
+
+    /// Installs the keys of a JWKS document into every key set, as if just fetched. For
+    /// benchmarks and tests; scheduled refreshes still replace them with the live keys.
+    pub fn preload_jwks(&self, doc: &[u8]) -> Result<usize, FetchError> {
+        let keys = jwks::parse_jwks(doc)?;
+        let now_us = chrono::Utc::now().timestamp_micros();
+        for set in &self.verifier.sets {
+            set.install(keys.clone(), now_us);
+        }
+        Ok(keys.len())
     }
 
     /// The verifier, for tests and the benchmark (e.g. how many tokens are cached).

@@ -232,7 +232,7 @@ fn fixture(payload_header: bool) -> Fixture {
     let metrics = Metrics::new();
     let resolver = IdentityResolver::new(&cfg, Arc::clone(&metrics)).expect("resolver");
     for set in &resolver.verifier.sets {
-        set.install_for_test(vec![("k0".to_owned(), public(0))], 0);
+        set.install(vec![("k0".to_owned(), public(0))], 0);
     }
     Fixture {
         joiner: Joiner::new(Redactor::default()).with_identity(resolver),
@@ -966,7 +966,7 @@ fn unknown_kid_then_rotation_then_retirement() {
     // The keys rotate: k1 arrives, k0 leaves (noticed at NOW + 100 s).
     let rotated_at = (NOW + 100) * 1_000_000;
     for set in &resolver.verifier.sets {
-        set.install_for_test(vec![("k1".to_owned(), public(1))], rotated_at);
+        set.install(vec![("k1".to_owned(), public(1))], rotated_at);
     }
     let r = join(&f, &bearer(token));
     assert_eq!(r.token_status, values::TOKEN_VERIFIED);
