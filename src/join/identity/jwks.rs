@@ -195,23 +195,30 @@ impl fmt::Debug for Fetcher {
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("cannot set up TLS for key fetches: {0}")]
+    #[error("cannot set up TLS for signing key fetches: {0}. Fix: install the system CA certificates (e.g. the ca-certificates package) so the collector can check login.microsoftonline.com's certificate")]
     Tls(#[from] rustls::Error),
-    #[error("cannot build the HTTP client for key fetches: {0}")]
+    #[error("cannot build the HTTP client for signing key fetches: {0}")]
     Client(#[from] reqwest::Error),
 }
 
 impl Fetcher {
     /// An HTTP client on rustls with the ring provider (the only TLS backend built in) and the
     /// platform's trust store, so a corporate TLS-inspecting proxy's CA works as it does for
-    /// every other program on the host. `HTTPS_PROXY`/`NO_PROXY` are honoured.
-    pub fn new(timeout: Duration) -> Result<Fetcher, ClientError> {
+    /// every other program on the host. `HTTPS_PROXY`/`NO_PROXY` are honoured. With
+    /// `https_needed` false (every key URL is a plain-http mirror) no trust store is loaded, so
+    /// an image without CA certificates still starts.
+    pub fn new(timeout: Duration, https_needed: bool) -> Result<Fetcher, ClientError> {
         use rustls_platform_verifier::BuilderVerifierExt as _;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_platform_verifier()?
-            .with_no_client_auth();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?;
+        let tls = if https_needed {
+            builder.with_platform_verifier()?.with_no_client_auth()
+        } else {
+            builder
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(timeout)

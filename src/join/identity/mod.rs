@@ -213,7 +213,11 @@ impl IdentityResolver {
         let fetcher = if cfg.entra_tenants.is_empty() {
             None
         } else {
-            Some(Arc::new(Fetcher::new(cfg.jwks_timeout)?))
+            let https = cfg
+                .jwks_url
+                .as_deref()
+                .is_none_or(|u| !u.starts_with("http://"));
+            Some(Arc::new(Fetcher::new(cfg.jwks_timeout, https)?))
         };
         Ok(Self::build(cfg, metrics, fetcher, directory))
     }
