@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod ceiling;
 pub mod config;
 pub mod ingest;
 pub mod join;

@@ -25,6 +25,9 @@ enum Command {
     Serve(ServeOptions),
     /// Stream generated Istio-shaped ALS entries at a collector; prints what was sent as JSON.
     Loadgen(LoadgenOptions),
+    /// In-process ceilings of join and Parquet encoding on one core (used by scripts/bench).
+    #[command(hide = true)]
+    BenchCeilings(meshaudit::ceiling::CeilingOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +55,11 @@ fn main() -> anyhow::Result<()> {
                 .block_on(meshaudit::loadgen::run(&opts))
                 .context("meshaudit loadgen failed")?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::BenchCeilings(opts) => {
+            let ceilings =
+                meshaudit::ceiling::run(&opts).context("meshaudit bench-ceilings failed")?;
+            println!("{}", serde_json::to_string(&ceilings)?);
         }
     }
     Ok(())
