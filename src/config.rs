@@ -14,6 +14,7 @@ use clap::Args;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::join::identity::IdentityConfig;
 use crate::join::redact::DEFAULT_PARAMS;
 
 pub const DEFAULT_ALS_ADDR: &str = "0.0.0.0:9000";
@@ -115,6 +116,78 @@ pub struct ServeOptions {
     /// Log format: text or json [default: text].
     #[arg(long, env = "MESHAUDIT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Entra tenant id (GUID) whose access tokens the collector verifies itself, v1 and v2
+    /// issuers (repeatable, or comma-separated) [default: none, raw tokens are not trusted].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ENTRA_TENANT",
+        value_name = "TENANT_ID",
+        value_delimiter = ','
+    )]
+    pub entra_tenant: Option<Vec<String>>,
+
+    /// Audience a verified token must name: the API's client id (GUID) and/or App ID URI
+    /// (repeatable, or comma-separated). Required with --entra-tenant.
+    #[arg(
+        long,
+        env = "MESHAUDIT_AUDIENCE",
+        value_name = "AUD",
+        value_delimiter = ','
+    )]
+    pub audience: Option<Vec<String>>,
+
+    /// JWKS URL used for every tenant instead of Entra's keys endpoints (e.g. a local mirror;
+    /// plain http is allowed, with a warning) [default: Entra's per-tenant endpoints].
+    #[arg(long, env = "MESHAUDIT_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+
+    /// Logged request headers that may carry a raw bearer token, in order; `none` turns raw
+    /// tokens off [default: authorization]. Their values are never stored.
+    #[arg(
+        long,
+        env = "MESHAUDIT_TOKEN_HEADER",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub token_header: Option<Vec<String>>,
+
+    /// Logged request headers carrying claims a proxy forwarded (Istio outputPayloadToHeader,
+    /// base64url JSON). Name one only if a proxy on the path always sets or strips it
+    /// [default: none].
+    #[arg(
+        long,
+        env = "MESHAUDIT_PAYLOAD_HEADER",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub payload_header: Option<Vec<String>>,
+
+    /// Clock skew allowed when checking a token's exp/nbf against the request time [default: 60].
+    #[arg(long, env = "MESHAUDIT_CLOCK_SKEW_SECS", value_name = "SECS")]
+    pub clock_skew_secs: Option<u64>,
+
+    /// Seconds between scheduled refreshes of each signing key set [default: 3600].
+    #[arg(long, env = "MESHAUDIT_JWKS_REFRESH_SECS", value_name = "SECS")]
+    pub jwks_refresh_secs: Option<u64>,
+
+    /// Least seconds between two fetches of one key set triggered by unknown key ids
+    /// [default: 30].
+    #[arg(long, env = "MESHAUDIT_JWKS_MIN_REFRESH_SECS", value_name = "SECS")]
+    pub jwks_min_refresh_secs: Option<u64>,
+
+    /// Timeout of a key fetch, and the longest a record waits for one [default: 5000].
+    #[arg(long, env = "MESHAUDIT_JWKS_TIMEOUT_MS", value_name = "MS")]
+    pub jwks_timeout_ms: Option<u64>,
+
+    /// Directory snapshot (JSON: group and application names, managed identities), reloaded
+    /// when it changes [default: none].
+    #[arg(long, env = "MESHAUDIT_DIRECTORY", value_name = "FILE")]
+    pub directory: Option<PathBuf>,
+
+    /// Memory for cached token verifications, in MiB [default: 64].
+    #[arg(long, env = "MESHAUDIT_TOKEN_CACHE_MIB", value_name = "MIB")]
+    pub token_cache_mib: Option<u64>,
 }
 
 impl ServeOptions {
@@ -136,6 +209,17 @@ impl ServeOptions {
             redact_params: self.redact_params.or(file.redact_params),
             shutdown_timeout_secs: self.shutdown_timeout_secs.or(file.shutdown_timeout_secs),
             log_format: self.log_format.or(file.log_format),
+            entra_tenant: self.entra_tenant.or(file.entra_tenant),
+            audience: self.audience.or(file.audience),
+            jwks_url: self.jwks_url.or(file.jwks_url),
+            token_header: self.token_header.or(file.token_header),
+            payload_header: self.payload_header.or(file.payload_header),
+            clock_skew_secs: self.clock_skew_secs.or(file.clock_skew_secs),
+            jwks_refresh_secs: self.jwks_refresh_secs.or(file.jwks_refresh_secs),
+            jwks_min_refresh_secs: self.jwks_min_refresh_secs.or(file.jwks_min_refresh_secs),
+            jwks_timeout_ms: self.jwks_timeout_ms.or(file.jwks_timeout_ms),
+            directory: self.directory.or(file.directory),
+            token_cache_mib: self.token_cache_mib.or(file.token_cache_mib),
         }
     }
 }
@@ -155,6 +239,7 @@ pub struct ServeConfig {
     pub redact_params: Vec<String>,
     pub shutdown_timeout: Duration,
     pub log_json: bool,
+    pub identity: IdentityConfig,
 }
 
 impl ServeConfig {
@@ -172,6 +257,7 @@ impl ServeConfig {
             s.parse::<SocketAddr>()
                 .expect("default address literal is valid")
         };
+        let identity = resolve_identity(&opts)?;
         let cfg = ServeConfig {
             als_addr: opts
                 .als_addr
@@ -203,6 +289,7 @@ impl ServeConfig {
                     ))
                 }
             },
+            identity,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -263,6 +350,172 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// The identity settings with defaults applied, validated.
+fn resolve_identity(o: &ServeOptions) -> Result<IdentityConfig, ConfigError> {
+    use crate::join::identity as id;
+    let mut tenants: Vec<String> = Vec::new();
+    for t in o.entra_tenant.iter().flatten().map(|t| t.trim()) {
+        if !is_guid(t) {
+            return Err(ConfigError::invalid(
+                "entra_tenant",
+                format!("`{t}` is not a tenant id"),
+                "use the Directory (tenant) ID, a GUID such as 11111111-2222-3333-4444-555555555555 (token issuers carry the GUID, never a domain name)",
+            ));
+        }
+        let t = t.to_ascii_lowercase();
+        if !tenants.contains(&t) {
+            tenants.push(t);
+        }
+    }
+    let audiences: Vec<String> = o
+        .audience
+        .iter()
+        .flatten()
+        .map(|a| a.trim().to_owned())
+        .collect();
+    if audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::invalid(
+            "audience",
+            "contains an empty value",
+            "list audiences separated by commas, without empty entries",
+        ));
+    }
+    if !tenants.is_empty() && audiences.is_empty() {
+        return Err(ConfigError::invalid(
+            "audience",
+            "is required with entra_tenant: a token is only verified if it was issued for this API",
+            "give the API's client id and/or App ID URI, e.g. --audience 7f1b2c3d-0000-4000-8000-00000000a001 --audience api://orders-api",
+        ));
+    }
+    if tenants.is_empty() && !audiences.is_empty() {
+        return Err(ConfigError::invalid(
+            "entra_tenant",
+            "is required when audience is set",
+            "give the tenant id(s) whose tokens to verify with --entra-tenant",
+        ));
+    }
+    let jwks_url = match &o.jwks_url {
+        None => None,
+        Some(u) => {
+            let url = reqwest::Url::parse(u.trim()).map_err(|e| {
+                ConfigError::invalid(
+                    "jwks_url",
+                    format!("`{u}` is not a URL: {e}"),
+                    "give an absolute http(s) URL, e.g. https://keys.example/discovery/v2.0/keys",
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    "jwks_url",
+                    format!("scheme `{}` is not http or https", url.scheme()),
+                    "give an http(s) URL",
+                ));
+            }
+            if tenants.is_empty() {
+                return Err(ConfigError::invalid(
+                    "jwks_url",
+                    "is set but no entra_tenant is, so no key would ever be used",
+                    "add --entra-tenant, or remove --jwks-url",
+                ));
+            }
+            Some(url.to_string())
+        }
+    };
+    let headers = |key: &'static str, given: &Option<Vec<String>>, default: &[&str]| {
+        let names: Vec<String> = match given {
+            None => default.iter().map(|s| (*s).to_owned()).collect(),
+            Some(v) if v.len() == 1 && v[0].trim().eq_ignore_ascii_case("none") => Vec::new(),
+            Some(v) => v.iter().map(|n| n.trim().to_ascii_lowercase()).collect(),
+        };
+        match names
+            .iter()
+            .find(|n| http::HeaderName::from_bytes(n.as_bytes()).is_err())
+        {
+            Some(bad) => Err(ConfigError::invalid(
+                key,
+                format!("`{bad}` is not a header name"),
+                "list header names (letters, digits, '-') separated by commas, or `none`",
+            )),
+            None => Ok(names),
+        }
+    };
+    let token_headers = headers("token_header", &o.token_header, &[id::DEFAULT_TOKEN_HEADER])?;
+    let payload_headers = headers("payload_header", &o.payload_header, &[])?;
+    if let Some(both) = payload_headers.iter().find(|p| token_headers.contains(p)) {
+        return Err(ConfigError::invalid(
+            "payload_header",
+            format!("`{both}` is also a token_header"),
+            "a header carries either a raw token or forwarded claims: name it in one list only",
+        ));
+    }
+    let in_range =
+        |key: &'static str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let v = v.unwrap_or(default);
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::invalid(
+                    key,
+                    format!("{v} is outside {}..={}", range.start(), range.end()),
+                    format!("use a value in that range ({default} is the default)"),
+                ))
+            }
+        };
+    let clock_skew = in_range(
+        "clock_skew_secs",
+        o.clock_skew_secs,
+        id::DEFAULT_CLOCK_SKEW_SECS,
+        0..=600,
+    )?;
+    let refresh = in_range(
+        "jwks_refresh_secs",
+        o.jwks_refresh_secs,
+        id::DEFAULT_JWKS_REFRESH_SECS,
+        60..=86_400,
+    )?;
+    let min_refresh = in_range(
+        "jwks_min_refresh_secs",
+        o.jwks_min_refresh_secs,
+        id::DEFAULT_JWKS_MIN_REFRESH_SECS,
+        1..=refresh,
+    )?;
+    let timeout = in_range(
+        "jwks_timeout_ms",
+        o.jwks_timeout_ms,
+        id::DEFAULT_JWKS_TIMEOUT_MS,
+        100..=60_000,
+    )?;
+    let cache_mib = in_range(
+        "token_cache_mib",
+        o.token_cache_mib,
+        id::DEFAULT_TOKEN_CACHE_MIB,
+        1..=65_536,
+    )?;
+    Ok(IdentityConfig {
+        entra_tenants: tenants,
+        audiences,
+        jwks_url,
+        token_headers,
+        payload_headers,
+        clock_skew: Duration::from_secs(clock_skew),
+        jwks_refresh: Duration::from_secs(refresh),
+        jwks_min_refresh: Duration::from_secs(min_refresh),
+        jwks_timeout: Duration::from_millis(timeout),
+        directory: o.directory.clone(),
+        token_cache_bytes: cache_mib << 20,
+    })
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
@@ -335,6 +588,122 @@ mod tests {
         );
         check_env_names(["MESHAUDIT_DATA_DIR".to_owned(), "PATH".to_owned()].into_iter())
             .expect("known");
+    }
+
+    #[test]
+    fn identity_settings() {
+        let tid = "11111111-2222-3333-4444-55555555AAAA";
+        let file: ServeOptions = toml::from_str(&format!(
+            "entra_tenant = [\"{tid}\"]\naudience = [\"api://orders\", \"7f1b2c3d-0000-4000-8000-00000000a001\"]\njwks_url = \"http://127.0.0.1:1/keys\"\ntoken_header = [\"Authorization\", \"x-token\"]\npayload_header = [\"x-jwt-payload\"]\nclock_skew_secs = 30\ndirectory = \"/etc/dir.json\"\n"
+        ))
+        .expect("valid keys");
+        let id = resolve_identity(&ServeOptions::default().or(file)).expect("valid");
+        assert_eq!(id.entra_tenants, ["11111111-2222-3333-4444-55555555aaaa"]);
+        assert_eq!(id.audiences.len(), 2);
+        assert_eq!(id.token_headers, ["authorization", "x-token"]);
+        assert_eq!(id.payload_headers, ["x-jwt-payload"]);
+        assert_eq!(id.clock_skew, Duration::from_secs(30));
+        assert_eq!(id.jwks_min_refresh, Duration::from_secs(30));
+        assert_eq!(id.directory.as_deref(), Some(Path::new("/etc/dir.json")));
+
+        let defaults = resolve_identity(&ServeOptions::default()).expect("defaults");
+        assert_eq!(defaults, IdentityConfig::default());
+        let off = ServeOptions {
+            token_header: Some(vec!["none".into()]),
+            ..Default::default()
+        };
+        assert!(resolve_identity(&off)
+            .expect("valid")
+            .token_headers
+            .is_empty());
+
+        let bad = |o: ServeOptions, key: &str| {
+            let msg = resolve_identity(&o).expect_err("invalid").to_string();
+            assert!(msg.contains(key) && msg.contains("Fix:"), "{msg}");
+        };
+        let tenant = || Some(vec![tid.to_owned()]);
+        let aud = || Some(vec!["api://orders".to_owned()]);
+        bad(
+            ServeOptions {
+                entra_tenant: Some(vec!["contoso.com".into()]),
+                audience: aud(),
+                ..Default::default()
+            },
+            "--entra-tenant",
+        );
+        bad(
+            ServeOptions {
+                entra_tenant: tenant(),
+                ..Default::default()
+            },
+            "--audience",
+        );
+        bad(
+            ServeOptions {
+                audience: aud(),
+                ..Default::default()
+            },
+            "MESHAUDIT_ENTRA_TENANT",
+        );
+        bad(
+            ServeOptions {
+                entra_tenant: tenant(),
+                audience: aud(),
+                jwks_url: Some("ftp://x/keys".into()),
+                ..Default::default()
+            },
+            "--jwks-url",
+        );
+        bad(
+            ServeOptions {
+                jwks_url: Some("https://x/keys".into()),
+                ..Default::default()
+            },
+            "--jwks-url",
+        );
+        bad(
+            ServeOptions {
+                token_header: Some(vec!["bad header".into()]),
+                ..Default::default()
+            },
+            "--token-header",
+        );
+        bad(
+            ServeOptions {
+                payload_header: Some(vec!["authorization".into()]),
+                ..Default::default()
+            },
+            "--payload-header",
+        );
+        bad(
+            ServeOptions {
+                clock_skew_secs: Some(3600),
+                ..Default::default()
+            },
+            "--clock-skew-secs",
+        );
+        bad(
+            ServeOptions {
+                jwks_refresh_secs: Some(100),
+                jwks_min_refresh_secs: Some(200),
+                ..Default::default()
+            },
+            "--jwks-min-refresh-secs",
+        );
+        bad(
+            ServeOptions {
+                jwks_timeout_ms: Some(10),
+                ..Default::default()
+            },
+            "--jwks-timeout-ms",
+        );
+        bad(
+            ServeOptions {
+                token_cache_mib: Some(0),
+                ..Default::default()
+            },
+            "--token-cache-mib",
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::ServeConfig;
 use crate::ingest::service::{AlsServer, StreamHandler};
+use crate::join::identity::{IdentityError, IdentityResolver};
 use crate::join::redact::Redactor;
 use crate::join::Joiner;
 use crate::store::parquet::{ParquetConfig, ParquetError, ParquetSink};
@@ -28,6 +29,8 @@ use crate::telemetry::{self, Metrics};
 pub enum ServeError {
     #[error(transparent)]
     Parquet(#[from] ParquetError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("cannot listen on {what} {addr}: {source}. Fix: choose a free port with {flag}")]
     Bind {
         what: &'static str,
@@ -50,6 +53,8 @@ pub enum ServeError {
 pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let metrics = Metrics::new();
     let otel = telemetry::init_otel(&metrics)?;
+    // Before anything is opened: a bad directory snapshot fails start-up at once.
+    let identity = IdentityResolver::new(&cfg.identity, Arc::clone(&metrics))?;
 
     let sink = ParquetSink::new(
         ParquetConfig {
@@ -102,10 +107,13 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         })
     };
 
+    // Signing keys are loaded (bounded wait) before the collector reports ready.
+    identity.start(&shutdown).await;
     let handler = Arc::new(StreamHandler {
-        joiner: Arc::new(Joiner::new(Redactor::new(
-            cfg.redact_params.iter().map(String::as_str),
-        ))),
+        joiner: Arc::new(
+            Joiner::new(Redactor::new(cfg.redact_params.iter().map(String::as_str)))
+                .with_identity(identity),
+        ),
         out: pipeline.sender.clone(),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),

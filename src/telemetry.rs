@@ -50,6 +50,16 @@ pub struct Metrics {
     pub parquet_write_errors: AtomicU64,
     pub batch_write_seconds_sum_micros: AtomicU64,
     pub batch_write_count: AtomicU64,
+    /// RSA signature checks of raw tokens: with the verification cache, one per distinct token.
+    pub jwt_signature_checks: AtomicU64,
+    pub jwt_cache_hits: AtomicU64,
+    pub jwt_cache_misses: AtomicU64,
+    pub jwks_fetches: AtomicU64,
+    pub jwks_fetch_errors: AtomicU64,
+    /// Records that waited for a key refresh (an unknown `kid`).
+    pub jwks_key_waits: AtomicU64,
+    pub directory_reloads: AtomicU64,
+    pub directory_reload_errors: AtomicU64,
     batch_write_histogram: std::sync::OnceLock<Histogram<f64>>,
 }
 
@@ -84,7 +94,7 @@ impl Metrics {
         &'static str,
         &[(&'static str, &'static str)],
         u64,
-    ); 11] {
+    ); 19] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -152,6 +162,54 @@ impl Metrics {
                 "sink batch writes",
                 &[],
                 g(&self.batch_write_count),
+            ),
+            (
+                "jwt_signature_checks",
+                "RSA signature checks of raw tokens (one per distinct token while cached)",
+                &[],
+                g(&self.jwt_signature_checks),
+            ),
+            (
+                "jwt_verification_cache",
+                "raw-token verification cache lookups",
+                &[("result", "hit")],
+                g(&self.jwt_cache_hits),
+            ),
+            (
+                "jwt_verification_cache",
+                "raw-token verification cache lookups",
+                &[("result", "miss")],
+                g(&self.jwt_cache_misses),
+            ),
+            (
+                "jwks_fetches",
+                "signing key set fetches",
+                &[("result", "ok")],
+                g(&self.jwks_fetches),
+            ),
+            (
+                "jwks_fetches",
+                "signing key set fetches",
+                &[("result", "error")],
+                g(&self.jwks_fetch_errors),
+            ),
+            (
+                "jwks_key_waits",
+                "records that waited for a key refresh after naming an unknown kid",
+                &[],
+                g(&self.jwks_key_waits),
+            ),
+            (
+                "directory_reloads",
+                "directory snapshot reloads",
+                &[("result", "ok")],
+                g(&self.directory_reloads),
+            ),
+            (
+                "directory_reloads",
+                "directory snapshot reloads",
+                &[("result", "error")],
+                g(&self.directory_reload_errors),
             ),
         ]
     }

@@ -112,7 +112,11 @@ impl StreamHandler {
             // whole or refused whole.
             let mut batch = Vec::with_capacity(entries.len());
             for entry in entries {
-                match self.joiner.join(ctx, kind, entry, received_at) {
+                match self
+                    .joiner
+                    .join_waiting_for_keys(ctx, kind, entry, received_at)
+                    .await
+                {
                     Ok(rec) => batch.push(rec),
                     Err(e) => return Err(self.reject(Rejection::Malformed, e.to_string())),
                 }
