@@ -15,6 +15,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::join::redact::DEFAULT_PARAMS;
+use crate::store::postgres::url::DatabaseUrl;
+use crate::store::postgres::PostgresConfig;
+use crate::store::spool::FsyncMode;
 
 pub const DEFAULT_ALS_ADDR: &str = "0.0.0.0:9000";
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9001";
@@ -115,6 +118,50 @@ pub struct ServeOptions {
     /// Log format: text or json [default: text].
     #[arg(long, env = "MESHAUDIT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Postgres to write audit_records to, beside Parquet: postgres://USER:PASSWORD@HOST:PORT/DB.
+    /// Also read from DATABASE_URL (lowest precedence). Never logged with its password.
+    #[arg(
+        long,
+        env = "MESHAUDIT_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Apply the database migrations at start-up (needs a role that owns the schema) [default: false].
+    #[arg(long, env = "MESHAUDIT_MIGRATE_ON_START", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub migrate_on_start: Option<bool>,
+
+    /// Drop Postgres day partitions older than this many days; 0 keeps everything [default: 0].
+    #[arg(long, env = "MESHAUDIT_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u32>,
+
+    /// Records per Postgres transaction (one binary COPY each) [default: 5000].
+    #[arg(long, env = "MESHAUDIT_POSTGRES_BATCH_ROWS", value_name = "ROWS")]
+    pub postgres_batch_rows: Option<usize>,
+
+    /// Directory of the durable spool, on local disk [default: DATA_DIR/_spool].
+    #[arg(long, env = "MESHAUDIT_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Spool size at which ingest slows until the sinks catch up [default: 1073741824].
+    #[arg(long, env = "MESHAUDIT_SPOOL_MAX_BYTES", value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+
+    /// Size at which a spool segment file is closed and a new one started [default: 67108864].
+    #[arg(long, env = "MESHAUDIT_SPOOL_SEGMENT_BYTES", value_name = "BYTES")]
+    pub spool_segment_bytes: Option<u64>,
+
+    /// When an accepted batch is on disk: `interval` (written to the OS, fsync every
+    /// spool_fsync_interval_ms: a killed process loses nothing; a power loss up to one interval)
+    /// or `always` (fsynced before it is accepted: nothing is lost) [default: interval].
+    #[arg(long, env = "MESHAUDIT_SPOOL_FSYNC", value_name = "MODE")]
+    pub spool_fsync: Option<String>,
+
+    /// With spool_fsync = interval, the longest time between fsyncs, in ms [default: 100].
+    #[arg(long, env = "MESHAUDIT_SPOOL_FSYNC_INTERVAL_MS", value_name = "MS")]
+    pub spool_fsync_interval_ms: Option<u64>,
 }
 
 impl ServeOptions {
@@ -136,6 +183,17 @@ impl ServeOptions {
             redact_params: self.redact_params.or(file.redact_params),
             shutdown_timeout_secs: self.shutdown_timeout_secs.or(file.shutdown_timeout_secs),
             log_format: self.log_format.or(file.log_format),
+            database_url: self.database_url.or(file.database_url),
+            migrate_on_start: self.migrate_on_start.or(file.migrate_on_start),
+            retention_days: self.retention_days.or(file.retention_days),
+            postgres_batch_rows: self.postgres_batch_rows.or(file.postgres_batch_rows),
+            spool_dir: self.spool_dir.or(file.spool_dir),
+            spool_max_bytes: self.spool_max_bytes.or(file.spool_max_bytes),
+            spool_segment_bytes: self.spool_segment_bytes.or(file.spool_segment_bytes),
+            spool_fsync: self.spool_fsync.or(file.spool_fsync),
+            spool_fsync_interval_ms: self
+                .spool_fsync_interval_ms
+                .or(file.spool_fsync_interval_ms),
         }
     }
 }
@@ -155,7 +213,17 @@ pub struct ServeConfig {
     pub redact_params: Vec<String>,
     pub shutdown_timeout: Duration,
     pub log_json: bool,
+    /// The Postgres sink, when a database URL is given.
+    pub postgres: Option<PostgresConfig>,
+    pub postgres_batch_rows: usize,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub spool_segment_bytes: u64,
+    pub spool_fsync: FsyncMode,
 }
+
+/// `DATABASE_URL` is honoured as the conventional fallback, below every meshaudit spelling.
+const DATABASE_URL_ENV: &str = "DATABASE_URL";
 
 impl ServeConfig {
     /// Merges flags/env over the config file, applies defaults and validates.
@@ -168,6 +236,29 @@ impl ServeConfig {
             }
             None => cli,
         };
+        let database_url = opts.database_url.clone().or_else(|| {
+            std::env::var(DATABASE_URL_ENV)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(DatabaseUrl::new)
+        });
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let spool_fsync = match opts.spool_fsync.as_deref() {
+            None | Some("interval") => FsyncMode::Interval(Duration::from_millis(
+                opts.spool_fsync_interval_ms.unwrap_or(100),
+            )),
+            Some("always") => FsyncMode::Always,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "spool_fsync",
+                    format!("`{other}` is not a durability mode"),
+                    "use interval (the default: fsync every spool_fsync_interval_ms) or always (fsync before a batch is accepted)",
+                ))
+            }
+        };
         let parse_addr = |s: &str| {
             s.parse::<SocketAddr>()
                 .expect("default address literal is valid")
@@ -179,9 +270,11 @@ impl ServeConfig {
             admin_addr: opts
                 .admin_addr
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
-            data_dir: opts
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            spool_dir: opts
+                .spool_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("_spool")),
+            data_dir,
             max_message_bytes: opts.max_message_bytes.unwrap_or(4 << 20),
             buffer_messages: opts.buffer_messages.unwrap_or(1024),
             parquet_max_file_bytes: opts.parquet_max_file_bytes.unwrap_or(128 << 20),
@@ -203,7 +296,32 @@ impl ServeConfig {
                     ))
                 }
             },
+            postgres: database_url.map(|url| PostgresConfig {
+                url,
+                migrate_on_start: opts.migrate_on_start.unwrap_or(false),
+                retention_days: opts.retention_days.filter(|d| *d > 0),
+            }),
+            postgres_batch_rows: opts.postgres_batch_rows.unwrap_or(5000),
+            spool_max_bytes: opts.spool_max_bytes.unwrap_or(1 << 30),
+            spool_segment_bytes: opts.spool_segment_bytes.unwrap_or(64 << 20),
+            spool_fsync,
         };
+        if cfg.postgres.is_none() {
+            if opts.migrate_on_start == Some(true) {
+                return Err(ConfigError::invalid(
+                    "migrate_on_start",
+                    "is set but no database is configured",
+                    "set --database-url (or DATABASE_URL), or drop migrate_on_start",
+                ));
+            }
+            if opts.retention_days.is_some_and(|d| d > 0) {
+                return Err(ConfigError::invalid(
+                    "retention_days",
+                    "applies to Postgres partitions but no database is configured",
+                    "set --database-url (or DATABASE_URL), or drop retention_days",
+                ));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -253,6 +371,48 @@ impl ServeConfig {
                 format!("{} is outside zstd's levels", self.parquet_zstd_level),
                 "use a level from 1 to 22 (3 is the default)",
             ));
+        }
+        if let Some(pg) = &self.postgres {
+            if let Err(e) = crate::store::postgres::connect_options(&pg.url) {
+                return Err(ConfigError::invalid(
+                    "database_url",
+                    e.to_string(),
+                    "use postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+                ));
+            }
+        }
+        if self.postgres_batch_rows == 0 {
+            return Err(ConfigError::invalid(
+                "postgres_batch_rows",
+                "must be at least 1",
+                "use a value such as 5000",
+            ));
+        }
+        if self.spool_segment_bytes < 64 << 10 {
+            return Err(ConfigError::invalid(
+                "spool_segment_bytes",
+                format!("{} is too small", self.spool_segment_bytes),
+                "use at least 65536; the default is 67108864",
+            ));
+        }
+        if self.spool_max_bytes < 2 * self.spool_segment_bytes {
+            return Err(ConfigError::invalid(
+                "spool_max_bytes",
+                format!(
+                    "{} is less than two segments ({} bytes each)",
+                    self.spool_max_bytes, self.spool_segment_bytes
+                ),
+                "raise spool_max_bytes (default 1073741824) or lower spool_segment_bytes",
+            ));
+        }
+        if let FsyncMode::Interval(every) = self.spool_fsync {
+            if every.is_zero() || every > Duration::from_secs(10) {
+                return Err(ConfigError::invalid(
+                    "spool_fsync_interval_ms",
+                    format!("{} ms is outside 1..=10000", every.as_millis()),
+                    "use a value such as 100, or spool_fsync = always",
+                ));
+            }
         }
         if self.redact_params.iter().any(|p| p.trim().is_empty()) {
             return Err(ConfigError::invalid(

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use meshaudit::config::{ServeConfig, ServeOptions};
+use meshaudit::store::postgres::url::DatabaseUrl;
 
 #[derive(Parser)]
 #[command(
@@ -16,10 +17,27 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the collector: Envoy gRPC Access Log Service in, audit records out to Parquet.
+    /// Run the collector: Envoy gRPC Access Log Service in, audit records out to Parquet
+    /// (and Postgres, with --database-url).
     Serve(ServeOptions),
+    /// Create or upgrade the Postgres schema (table audit_records and its partitions).
+    Migrate {
+        /// postgres://USER:PASSWORD@HOST:PORT/DATABASE; the role must be able to create tables.
+        #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+        database_url: DatabaseUrl,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshaudit")
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,13 +46,20 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(opts) => {
             let cfg = ServeConfig::resolve(opts).context("meshaudit serve: bad configuration")?;
             meshaudit::telemetry::init_logging(cfg.log_json);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("meshaudit")
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(meshaudit::serve::run(cfg))
+            runtime()?
+                .block_on(meshaudit::serve::run(cfg))
                 .context("meshaudit serve failed")?;
+        }
+        Command::Migrate { database_url } => {
+            meshaudit::telemetry::init_logging(false);
+            let (before, after) = runtime()?
+                .block_on(meshaudit::store::postgres::migrate_url(&database_url))
+                .context("meshaudit migrate failed")?;
+            match before {
+                Some(v) if v == after => println!("schema is up to date (version {after})"),
+                Some(v) => println!("schema migrated from version {v} to {after}"),
+                None => println!("schema created (version {after})"),
+            }
         }
     }
     Ok(())
