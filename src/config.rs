@@ -327,7 +327,7 @@ impl ServeConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.als_addr == self.admin_addr {
+        if self.als_addr == self.admin_addr && self.als_addr.port() != 0 {
             return Err(ConfigError::invalid(
                 "admin_addr",
                 format!("{} is also the ALS address", self.admin_addr),
