@@ -394,3 +394,6 @@ impl Shared {
         self.space.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests;
