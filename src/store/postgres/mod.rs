@@ -24,7 +24,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use self::url::DatabaseUrl;
-use crate::record::AuditRecord;
+use crate::record::{AuditRecord, COLUMNS};
 use crate::store::metrics::StoreMetrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -236,8 +236,15 @@ impl PostgresSink {
         };
         let result = async {
             schema::check_writable(conn).await?;
+            // Declared from COLUMNS rather than `LIKE audit_records`, which would need SELECT on
+            // the table; constraints are checked by the INSERT into audit_records.
+            let cols: Vec<String> = COLUMNS
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.column_type().sql()))
+                .collect();
             let sql = format!(
-                "CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (LIKE audit_records) ON COMMIT DELETE ROWS"
+                "CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ({}) ON COMMIT DELETE ROWS",
+                cols.join(", ")
             );
             sqlx::query(AssertSqlSafe(sql))
                 .execute(&mut *conn)

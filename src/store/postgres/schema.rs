@@ -95,25 +95,26 @@ pub async fn migrate(conn: &mut PgConnection) -> Result<(Option<i64>, i64), PgEr
 }
 
 /// Start-up check for a writer: the schema is exactly this binary's, the role may write.
+/// Privileges are checked before they are needed, so each missing grant is named with its fix.
 pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
     check_server_version(conn).await?;
-    match applied_version(conn).await? {
-        Some(v) if v == SCHEMA_VERSION => {}
-        Some(v) if v > SCHEMA_VERSION => {
-            return Err(PgError::SchemaTooNew {
-                database: v,
-                binary: SCHEMA_VERSION,
-            })
-        }
-        have => {
-            return Err(PgError::SchemaMissing {
-                database: have,
-                binary: SCHEMA_VERSION,
-            })
-        }
-    }
     let row = sqlx::query(
         "SELECT current_user::text, \
+                to_regclass('_sqlx_migrations') IS NOT NULL, \
+                to_regclass('audit_records') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| classify(e, "checking the schema"))?;
+    let role: String = row.get(0);
+    if !(row.get::<bool, _>(1) && row.get::<bool, _>(2)) {
+        return Err(PgError::SchemaMissing {
+            database: None,
+            binary: SCHEMA_VERSION,
+        });
+    }
+    let row = sqlx::query(
+        "SELECT has_table_privilege('_sqlx_migrations', 'SELECT'), \
                 has_table_privilege('audit_records', 'INSERT'), \
                 has_database_privilege(current_database(), 'TEMPORARY'), \
                 has_function_privilege('meshaudit_ensure_partition(date)', 'EXECUTE')",
@@ -121,8 +122,12 @@ pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| classify(e, "checking privileges"))?;
-    let role: String = row.get(0);
     let checks = [
+        (
+            row.get::<bool, _>(0),
+            "SELECT on table _sqlx_migrations (to check the schema version)",
+            "GRANT SELECT ON _sqlx_migrations TO",
+        ),
         (
             row.get::<bool, _>(1),
             "INSERT on table audit_records",
@@ -148,7 +153,17 @@ pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
             });
         }
     }
-    Ok(())
+    match applied_version(conn).await? {
+        Some(v) if v == SCHEMA_VERSION => Ok(()),
+        Some(v) if v > SCHEMA_VERSION => Err(PgError::SchemaTooNew {
+            database: v,
+            binary: SCHEMA_VERSION,
+        }),
+        have => Err(PgError::SchemaMissing {
+            database: have,
+            binary: SCHEMA_VERSION,
+        }),
+    }
 }
 
 /// Creates the partitions from yesterday to PARTITIONS_AHEAD_DAYS ahead (UTC).

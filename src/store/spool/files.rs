@@ -231,3 +231,34 @@ pub(super) fn write_cursor(path: &Path, at: u64) -> Result<(), SpoolError> {
         None => Ok(()),
     }
 }
+
+/// Every record in the spool's segment files, oldest first, each segment up to its first
+/// damaged frame. Read-only and lock-free: for tests and for inspecting a stopped collector's
+/// spool.
+pub fn read_spooled(dir: &Path) -> Result<Vec<crate::record::AuditRecord>, SpoolError> {
+    let mut starts = Vec::new();
+    for e in fs::read_dir(dir).map_err(SpoolError::io(dir))? {
+        let e = e.map_err(SpoolError::io(dir))?;
+        if let Some(start) = e.file_name().to_str().and_then(parse_segment_name) {
+            starts.push(start);
+        }
+    }
+    starts.sort_unstable();
+    let mut out = Vec::new();
+    for start in starts {
+        let path = segment_path(dir, start);
+        let buf = fs::read(&path).map_err(SpoolError::io(&path))?;
+        if buf.len() < HEADER_LEN || &buf[..HEADER_LEN] != MAGIC {
+            continue;
+        }
+        let mut at = HEADER_LEN;
+        while let Peek::Frame { payload, len } = frame::peek(&buf[at..]) {
+            match frame::decode(payload) {
+                Ok(recs) => out.extend(recs),
+                Err(_) => break,
+            }
+            at += len;
+        }
+    }
+    Ok(out)
+}

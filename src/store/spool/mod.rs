@@ -25,6 +25,7 @@
 //! Invariant: only the writer thread appends; readers only read below the published durable end.
 
 mod files;
+pub use files::read_spooled;
 pub mod frame;
 mod reader;
 mod writer;

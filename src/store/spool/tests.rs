@@ -43,7 +43,11 @@ async fn read_all(r: &mut SinkReader) -> (Vec<String>, u64) {
         match r.next(1000, Duration::from_millis(50)).await {
             Next::Batch(b) => {
                 end = b.end;
-                ids.extend(b.frames.iter().flat_map(|f| f.records.iter().map(|r| r.record_id.clone())));
+                ids.extend(
+                    b.frames
+                        .iter()
+                        .flat_map(|f| f.records.iter().map(|r| r.record_id.clone())),
+                );
             }
             Next::Idle | Next::Closed => return (ids, end),
         }
@@ -55,7 +59,9 @@ fn ids(range: std::ops::Range<u32>) -> Vec<String> {
 }
 
 async fn close(s: Spool) {
-    tokio::task::spawn_blocking(move || s.shutdown()).await.expect("shutdown");
+    tokio::task::spawn_blocking(move || s.shutdown())
+        .await
+        .expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +69,9 @@ async fn each_sink_gets_again_what_it_had_not_acknowledged_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (s, a, _) = open(cfg(dir.path()));
     for i in 0..10 {
-        a.send(vec![rec(2 * i), rec(2 * i + 1)]).await.expect("accepted");
+        a.send(vec![rec(2 * i), rec(2 * i + 1)])
+            .await
+            .expect("accepted");
     }
     let mut pq = s.reader(SinkId::Parquet).expect("parquet reader");
     let (got, end) = read_all(&mut pq).await;
@@ -75,9 +83,17 @@ async fn each_sink_gets_again_what_it_had_not_acknowledged_after_a_restart() {
     let (s, a, _) = open(cfg(dir.path()));
     a.send(vec![rec(20)]).await.expect("accepted");
     let mut pq = s.reader(SinkId::Parquet).expect("parquet reader");
-    assert_eq!(read_all(&mut pq).await.0, ids(20..21), "parquet acked 0..20");
+    assert_eq!(
+        read_all(&mut pq).await.0,
+        ids(20..21),
+        "parquet acked 0..20"
+    );
     let mut pg = s.reader(SinkId::Postgres).expect("postgres reader");
-    assert_eq!(read_all(&mut pg).await.0, ids(0..21), "postgres acked nothing");
+    assert_eq!(
+        read_all(&mut pg).await.0,
+        ids(0..21),
+        "postgres acked nothing"
+    );
     drop(a);
     close(s).await;
 }
@@ -101,7 +117,10 @@ async fn a_torn_tail_is_cut_never_misread_and_appends_go_on_after_it() {
         .expect("append garbage");
 
     let (s, a, m) = open(cfg(dir.path()));
-    assert_eq!(m.spool_truncated_bytes.load(Relaxed), (half.len() / 2) as u64);
+    assert_eq!(
+        m.spool_truncated_bytes.load(Relaxed),
+        (half.len() / 2) as u64
+    );
     a.send(vec![rec(3)]).await.expect("accepted after repair");
     let mut pq = s.reader(SinkId::Parquet).expect("reader");
     assert_eq!(read_all(&mut pq).await.0, ids(0..4));
@@ -133,7 +152,10 @@ async fn segments_go_only_once_every_sink_has_them() {
     assert_eq!(got.len(), 100);
     pq.ack(end);
     s.shared.maintain();
-    assert!(segments() > 3, "postgres has not acknowledged: nothing may go");
+    assert!(
+        segments() > 3,
+        "postgres has not acknowledged: nothing may go"
+    );
     let mut pg = s.reader(SinkId::Postgres).expect("reader");
     let (_, end) = read_all(&mut pg).await;
     pg.ack(end);
@@ -169,7 +191,10 @@ async fn a_full_spool_holds_ingest_back_until_the_slow_sink_catches_up() {
         }
         assert!(Instant::now() < deadline, "spool never reported full");
     }
-    assert!(!sender.is_finished(), "ingest must wait while the spool is full");
+    assert!(
+        !sender.is_finished(),
+        "ingest must wait while the spool is full"
+    );
     assert_eq!(m.spool_full_waits.load(Relaxed), 1);
     // Postgres comes back and takes everything as it arrives.
     let mut pg = s.reader(SinkId::Postgres).expect("reader");
@@ -204,7 +229,10 @@ async fn concurrent_appends_share_fsyncs() {
     }
     let fsyncs = m.spool_fsyncs.load(Relaxed);
     assert_eq!(m.spool_records_appended.load(Relaxed), 200);
-    assert!(fsyncs < 200, "200 appends took {fsyncs} fsyncs: no group commit");
+    assert!(
+        fsyncs < 200,
+        "200 appends took {fsyncs} fsyncs: no group commit"
+    );
     let mut pq = s.reader(SinkId::Parquet).expect("reader");
     let (mut got, _) = read_all(&mut pq).await;
     got.sort();
