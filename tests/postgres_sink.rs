@@ -569,3 +569,56 @@ fn sigterm_with_postgres_down_exits_zero_and_delivers_at_the_next_start() {
     // Replay went to Postgres only: Parquet had acknowledged everything before.
     assert_eq!(ids_of(&read_rows(dir.path())).len(), 100);
 }
+
+#[test]
+fn a_long_outage_fills_the_spool_to_its_bound_and_slows_ingest_loudly() {
+    let pg = PgCluster::start();
+    let url = pg.create_db("spoolfull");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(
+        dir.path(),
+        &[
+            "--database-url",
+            &url,
+            "--migrate-on-start",
+            "--spool-segment-bytes",
+            "65536",
+            "--spool-max-bytes",
+            "262144",
+            "--parquet-max-file-age-secs",
+            "1",
+        ],
+    );
+    pg.stop_server();
+    // About 1 MB of records: four times the bound.
+    let url_als = c.als_url();
+    let runtime = rt();
+    let sender = runtime.spawn(async move { stream(&url_als, http_stream(0, 60, 25)).await });
+    wait_for("the spool to report full", Duration::from_secs(30), || {
+        c.metric("meshaudit_spool_full") == 1
+    });
+    assert!(
+        !sender.is_finished(),
+        "ingest must wait while the spool is full"
+    );
+    assert!(c.output().contains("SPOOL FULL"), "{}", c.output());
+    assert!(c.metric("meshaudit_spool_bytes") >= 262_144);
+    assert!(c.metric("meshaudit_spool_full_waits_total") >= 1);
+
+    pg.start_server();
+    runtime
+        .block_on(sender)
+        .expect("task")
+        .expect("stream accepted once postgres is back");
+    wait_for("all 1500 rows", Duration::from_secs(60), || {
+        pg.count("spoolfull", COUNT) == 1500
+    });
+    wait_for("the spool to have room", Duration::from_secs(10), || {
+        c.metric("meshaudit_spool_full") == 0
+    });
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+    assert_eq!(pg.count("spoolfull", DISTINCT), 1500);
+    let parquet: BTreeSet<String> = ids_of(&read_rows(dir.path())).into_iter().collect();
+    assert_eq!(parquet.len(), 1500);
+}

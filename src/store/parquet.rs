@@ -180,6 +180,11 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// True while some pushed record is not yet in a closed file.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_since.is_empty()
+    }
+
     /// The spool position below which every pushed record is in a closed file.
     pub fn durable_lsn(&self) -> u64 {
         self.pending_since

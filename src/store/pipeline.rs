@@ -175,6 +175,19 @@ fn run_parquet(
             }
             Ok(closed)
         });
+        // Open files hold the cursor back until they close (by size or age). When that alone
+        // would fill half the spool, close them now: smaller files beat slowing ingest.
+        let step = step.and_then(|closed| {
+            let lag = reader.end().saturating_sub(sink.durable_lsn());
+            if !closed && sink.has_pending() && lag > reader.max_bytes() / 2 {
+                info!(
+                    spool_lag_bytes = lag,
+                    "closing parquet files early: they hold half the spool back"
+                );
+                sink.finish()?;
+            }
+            Ok(closed)
+        });
         match step {
             Ok(closed) => {
                 reader.ack(sink.durable_lsn());

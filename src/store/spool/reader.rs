@@ -73,6 +73,11 @@ impl SinkReader {
         self.shared.end()
     }
 
+    /// The spool's bound on disk bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.shared.cfg.max_bytes
+    }
+
     /// Everything below `lsn` is durable in the sink.
     pub fn ack(&self, lsn: u64) {
         let prev = self.shared.cursors[self.idx].acked.fetch_max(lsn, Relaxed);

@@ -333,6 +333,7 @@ impl Writer {
             .metrics
             .spool_records_appended
             .fetch_add(records, Relaxed);
+        self.shared.update_gauges();
         for done in acks {
             // The stream may have gone away meanwhile; its batch is durable all the same.
             let _ = done.send(Ok(()));
