@@ -30,6 +30,17 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
         database_url: DatabaseUrl,
     },
+    /// Benchmark hook (issue #6): rows/s of the Postgres sink's write path against a raw binary
+    /// COPY of the same synthetic rows, in a throwaway schema. Prints one JSON object.
+    #[command(hide = true)]
+    BenchPostgres {
+        #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+        database_url: DatabaseUrl,
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 5000)]
+        batch_rows: usize,
+    },
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -60,6 +71,20 @@ fn main() -> anyhow::Result<()> {
                 Some(v) => println!("schema migrated from version {v} to {after}"),
                 None => println!("schema created (version {after})"),
             }
+        }
+        Command::BenchPostgres {
+            database_url,
+            rows,
+            batch_rows,
+        } => {
+            let report = runtime()?
+                .block_on(meshaudit::store::postgres::bench::run(
+                    &database_url,
+                    rows,
+                    batch_rows,
+                ))
+                .context("meshaudit bench-postgres failed")?;
+            println!("{}", serde_json::to_string(&report)?);
         }
     }
     Ok(())

@@ -622,3 +622,43 @@ fn a_long_outage_fills_the_spool_to_its_bound_and_slows_ingest_loudly() {
     let parquet: BTreeSet<String> = ids_of(&read_rows(dir.path())).into_iter().collect();
     assert_eq!(parquet.len(), 1500);
 }
+
+#[test]
+fn the_benchmark_hook_reports_both_rates_and_leaves_nothing_behind() {
+    let pg = PgCluster::start();
+    let url = pg.create_db("bench");
+    let (ok, out) = meshaudit(&[
+        "bench-postgres",
+        "--database-url",
+        &url,
+        "--rows",
+        "3000",
+        "--batch-rows",
+        "1000",
+    ]);
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let report: Value = serde_json::from_str(line).expect("json");
+    assert_eq!(report["rows"], 3000);
+    for key in [
+        "sink_rows_per_sec",
+        "raw_copy_rows_per_sec",
+        "sink_to_raw_ratio",
+    ] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {report}"
+        );
+    }
+    assert_eq!(
+        pg.count(
+            "bench",
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'meshaudit_bench_%'"
+        ),
+        0,
+        "the throwaway schema is dropped"
+    );
+}

@@ -9,6 +9,7 @@
 //! The partition of every day in a batch is created before the COPY (and days ahead on a
 //! timer), so rows never land in the default partition except those without a start_time.
 
+pub mod bench;
 pub mod copy;
 pub mod schema;
 pub mod url;
