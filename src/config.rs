@@ -498,6 +498,63 @@ mod tests {
     }
 
     #[test]
+    fn storage_settings_are_validated_with_a_fix() {
+        let base = || ServeConfig::resolve(ServeOptions::default()).expect("defaults are valid");
+        assert_eq!(
+            base().spool_fsync,
+            FsyncMode::Interval(Duration::from_millis(100))
+        );
+        let err = ServeConfig::resolve(ServeOptions {
+            spool_fsync: Some("sometimes".into()),
+            ..Default::default()
+        })
+        .expect_err("bad mode")
+        .to_string();
+        assert!(
+            err.contains("--spool-fsync") && err.contains("always"),
+            "{err}"
+        );
+        let cfg = ServeConfig {
+            spool_max_bytes: 1 << 20,
+            ..base()
+        };
+        let err = cfg
+            .validate()
+            .expect_err("bound below two segments")
+            .to_string();
+        assert!(
+            err.contains("MESHAUDIT_SPOOL_MAX_BYTES") && err.contains("Fix:"),
+            "{err}"
+        );
+        let err = ServeConfig::resolve(ServeOptions {
+            retention_days: Some(30),
+            ..Default::default()
+        });
+        // Without a database (unless the environment names one), retention has nothing to act on.
+        if std::env::var_os("DATABASE_URL").is_none() {
+            let err = err.expect_err("no database").to_string();
+            assert!(
+                err.contains("--retention-days") && err.contains("--database-url"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_database_password_never_shows_in_debug_output() {
+        let opts = ServeOptions {
+            database_url: Some(DatabaseUrl::new("postgres://audit:hunter2@db/mesh")),
+            ..Default::default()
+        };
+        let cfg = ServeConfig::resolve(opts.clone()).expect("valid");
+        let shown = format!("{opts:?} {cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("audit:****@db"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn invalid_value_names_flag_env_and_fix() {
         let cfg = ServeConfig {
             parquet_zstd_level: 40,

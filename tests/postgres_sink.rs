@@ -301,7 +301,7 @@ fn async_stream(
     Item = envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage,
 > {
     futures_util::stream::unfold(msgs.into_iter(), |mut it| async move {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         it.next().map(|m| (m, it))
     })
 }

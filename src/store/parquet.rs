@@ -138,7 +138,7 @@ impl ParquetSink {
             warn!(
                 files = stale,
                 data_dir = %cfg.data_dir.display(),
-                "found unfinished .parquet.inprogress files from an earlier run; they are left in place"
+                "found unfinished .parquet.inprogress files from an earlier run; their records are written again from the spool, so once no other process writes to this data dir they can be deleted"
             );
         }
         let zstd = ZstdLevel::try_new(cfg.zstd_level)?;
