@@ -71,6 +71,8 @@ pub enum PgError {
         context: &'static str,
         reason: String,
     },
+    #[error("cannot open a TLS connection to Postgres at {target}: {reason}. Fix: this build has no TLS client; connect over a private network or a local TLS proxy with sslmode=disable or prefer")]
+    Tls { target: String, reason: String },
     #[error("timed out after {0:?} connecting to Postgres at {1}. Fix: check the host and port in --database-url and network policies")]
     Timeout(Duration, String),
 }
@@ -110,9 +112,8 @@ fn classify_connect(e: sqlx::Error, opts: &PgConnectOptions) -> PgError {
                 reason,
             },
         },
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
-            PgError::Unreachable { target, reason }
-        }
+        sqlx::Error::Tls(_) => PgError::Tls { target, reason },
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => PgError::Unreachable { target, reason },
         _ => PgError::Query {
             context: "connecting",
             reason,
@@ -141,6 +142,7 @@ impl PgError {
                 | PgError::SchemaTooNew { .. }
                 | PgError::SchemaMissing { .. }
                 | PgError::BadUrl { .. }
+                | PgError::Tls { .. }
         )
     }
 }
