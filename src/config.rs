@@ -81,7 +81,7 @@ pub struct ServeOptions {
     #[arg(long, env = "MESHAUDIT_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
 
-    /// Accepted messages held in memory before stream reads wait [default: 1024].
+    /// Messages queued for the spool writer before stream reads wait [default: 1024].
     #[arg(long, env = "MESHAUDIT_BUFFER_MESSAGES", value_name = "N")]
     pub buffer_messages: Option<usize>,
 
