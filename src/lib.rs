@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod ingest;
 pub mod join;
+pub mod loadgen;
 pub mod record;
 pub mod serve;
 pub mod store;

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use meshaudit::config::{ServeConfig, ServeOptions};
+use meshaudit::loadgen::LoadgenOptions;
 use meshaudit::store::postgres::url::DatabaseUrl;
 
 #[derive(Parser)]
@@ -24,6 +25,8 @@ enum Command {
     /// Run the collector: Envoy gRPC Access Log Service in, audit records out to Parquet
     /// (and Postgres, with --database-url).
     Serve(ServeOptions),
+    /// Stream generated Istio-shaped ALS entries at a collector; prints what was sent as JSON.
+    Loadgen(LoadgenOptions),
     /// Create or upgrade the Postgres schema (table audit_records and its partitions).
     Migrate {
         /// postgres://USER:PASSWORD@HOST:PORT/DATABASE; the role must be able to create tables.
@@ -84,6 +87,13 @@ fn main() -> anyhow::Result<()> {
                     batch_rows,
                 ))
                 .context("meshaudit bench-postgres failed")?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Loadgen(opts) => {
+            meshaudit::telemetry::init_logging(false);
+            let report = runtime()?
+                .block_on(meshaudit::loadgen::run(&opts))
+                .context("meshaudit loadgen failed")?;
             println!("{}", serde_json::to_string(&report)?);
         }
     }

@@ -171,6 +171,22 @@ impl<'a> StructView<'a> {
         Ok(found)
     }
 
+    /// The values of several keys in one pass over the Struct (last value wins per key).
+    /// Prefer this to repeated [`get`](Self::get) calls, each of which walks the whole Struct.
+    pub fn get_many<const N: usize>(
+        &self,
+        keys: [&str; N],
+    ) -> Result<[Option<Value<'a>>; N], StructError> {
+        let mut out = [None; N];
+        for entry in self.entries() {
+            let (k, v) = entry?;
+            if let Some(i) = keys.iter().position(|key| key.as_bytes() == k) {
+                out[i] = Some(v);
+            }
+        }
+        Ok(out)
+    }
+
     /// The string value of `key`, if present and a string.
     pub fn get_str(&self, key: &str) -> Result<Option<&'a str>, StructError> {
         Ok(self.get(key)?.and_then(|v| v.as_str()))
@@ -292,6 +308,17 @@ mod tests {
             StructView::new(&[0x0a, 0x05, 0x01]).get("x"),
             Err(StructError::Truncated)
         ));
+    }
+
+    #[test]
+    fn get_many_reads_several_keys_in_one_pass() {
+        let buf = sample();
+        let [oid, roles, missing] = StructView::new(&buf)
+            .get_many(["oid", "roles", "missing"])
+            .unwrap();
+        assert_eq!(oid.and_then(|v| v.as_str()), Some("9e8d"));
+        assert!(matches!(roles, Some(Value::List(_))));
+        assert!(missing.is_none());
     }
 
     #[test]

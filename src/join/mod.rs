@@ -5,6 +5,7 @@
 //! needs the network (JWKS keys) is fetched elsewhere and only read here.
 
 pub mod peer;
+pub mod policy;
 pub mod redact;
 pub mod spiffe;
 pub mod traffic;
@@ -29,6 +30,8 @@ pub enum JoinError {
     },
     #[error("malformed metadata in access log entry: {0}")]
     Metadata(#[from] StructError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
 }
 
 /// What a stream's first message says about its proxy; every record of the stream carries it.
@@ -101,6 +104,7 @@ impl Joiner {
                     traffic::fill_common(&mut rec, common)?;
                 }
                 traffic::fill_http(&mut rec, &e, &self.redactor);
+                fill_unjoined_identity_and_policy(&mut rec, &policy::Evidence::http(&e))?;
             }
             EntryType::Tcp => {
                 let e = TcpAccessLogEntry::decode(entry.clone()).map_err(|source| {
@@ -113,16 +117,19 @@ impl Joiner {
                     traffic::fill_common(&mut rec, common)?;
                 }
                 traffic::fill_tcp(&mut rec, &e);
+                fill_unjoined_identity_and_policy(&mut rec, &policy::Evidence::tcp(&e))?;
             }
         }
-        fill_unjoined_identity_and_policy(&mut rec);
         Ok(rec)
     }
 }
 
-/// Identity and policy before any evidence is read: an mTLS peer is a workload, else anonymous;
-/// no token; no authorizer known to have run.
-fn fill_unjoined_identity_and_policy(rec: &mut AuditRecord) {
+/// Identity before any evidence is read: an mTLS peer is a workload, else anonymous; no token.
+/// Policy from the authorizers' evidence in the entry (see [`policy`]).
+fn fill_unjoined_identity_and_policy(
+    rec: &mut AuditRecord,
+    evidence: &policy::Evidence<'_>,
+) -> Result<(), JoinError> {
     let (kind, source) = if rec.source_principal.is_some() {
         (values::KIND_WORKLOAD, values::SOURCE_MTLS)
     } else {
@@ -131,6 +138,6 @@ fn fill_unjoined_identity_and_policy(rec: &mut AuditRecord) {
     rec.identity_kind = kind.to_owned();
     rec.identity_source = source.to_owned();
     rec.token_status = values::TOKEN_ABSENT.to_owned();
-    rec.decision = values::DECISION_UNEVALUATED.to_owned();
-    rec.decision_engine = values::ENGINE_NONE.to_owned();
+    policy::decide(evidence)?.fill(rec);
+    Ok(())
 }

@@ -2,7 +2,7 @@
 //! `Any` holding a `google.protobuf.Struct` with keys such as `namespace`, `workload`,
 //! `service`, `identity` (docs/wire-and-identity.md §2.7).
 
-use crate::ingest::pbstruct::{StructError, StructView};
+use crate::ingest::pbstruct::{StructError, StructView, Value};
 use crate::ingest::wire::AnyEntry;
 
 const STRUCT_TYPE_URL: &[u8] = b"type.googleapis.com/google.protobuf.Struct";
@@ -30,12 +30,13 @@ pub fn find<'a>(objects: &'a [AnyEntry], key: &str) -> Result<Option<Peer<'a>>, 
         // Legacy (`wasm.*` FlatBuffers) or unknown encodings are not read.
         return Ok(None);
     }
-    let s = StructView::new(&any.value);
-    let nonempty = |v: Option<&'a str>| v.filter(|s| !s.is_empty());
+    let [namespace, workload, service, identity] =
+        StructView::new(&any.value).get_many(["namespace", "workload", "service", "identity"])?;
+    let text = |v: Option<Value<'a>>| v.and_then(|v| v.as_str()).filter(|s| !s.is_empty());
     Ok(Some(Peer {
-        namespace: nonempty(s.get_str("namespace")?),
-        workload: nonempty(s.get_str("workload")?),
-        service: nonempty(s.get_str("service")?),
-        identity: nonempty(s.get_str("identity")?),
+        namespace: text(namespace),
+        workload: text(workload),
+        service: text(service),
+        identity: text(identity),
     }))
 }

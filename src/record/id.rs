@@ -29,13 +29,9 @@ pub fn record_id(node_id: &[u8], log_name: &[u8], kind: EntryType, entry: &[u8])
     }]);
     h.update(entry);
     let digest = h.finalize();
-    let mut out = String::with_capacity(32);
-    for b in &digest.as_bytes()[..16] {
-        use std::fmt::Write;
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    // blake3's own table-driven hex, truncated to 128 bits (32 characters).
+    let hex = digest.to_hex();
+    hex[..32].to_owned()
 }
 
 #[cfg(test)]

@@ -292,6 +292,9 @@ pub mod values {
     pub const ENGINE_EXT_AUTHZ: &str = "ext_authz";
     pub const ENGINE_JWT_AUTHN: &str = "jwt_authn";
     pub const ENGINE_NONE: &str = "none";
+
+    pub const SHADOW_ALLOWED: &str = "allowed";
+    pub const SHADOW_DENIED: &str = "denied";
 }
 
 #[cfg(test)]

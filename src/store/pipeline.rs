@@ -296,3 +296,69 @@ async fn run_postgres(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::AuditRecord;
+    use crate::store::parquet::ParquetConfig;
+    use crate::store::spool::{FsyncMode, SpoolConfig};
+
+    /// The writer and Parquet threads build their timers inside the runtime (a timer built on a
+    /// plain thread panics with "no reactor running"): started from outside any runtime, the
+    /// pipeline still writes what it is sent and drains.
+    #[test]
+    fn pipeline_started_from_a_plain_thread_writes_what_it_is_sent() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Metrics::new();
+        let sink = ParquetSink::new(
+            ParquetConfig {
+                data_dir: dir.path().to_path_buf(),
+                max_file_bytes: 1 << 30,
+                max_file_age: Duration::from_secs(3600),
+                row_group_rows: 16,
+                zstd_level: 1,
+            },
+            Arc::clone(&metrics),
+        )
+        .expect("sink");
+        let (spool, appender) = Spool::open(
+            SpoolConfig {
+                dir: dir.path().join("_spool"),
+                max_bytes: 1 << 30,
+                segment_bytes: 1 << 20,
+                fsync: FsyncMode::Interval(Duration::from_millis(100)),
+                queue_batches: 4,
+                sinks: vec![SinkId::Parquet],
+            },
+            Arc::clone(&metrics.store),
+            rt.handle().clone(),
+        )
+        .expect("spool");
+        let p = start(
+            spool,
+            appender,
+            sink,
+            None,
+            16,
+            Arc::clone(&metrics),
+            rt.handle().clone(),
+        )
+        .expect("start");
+        let rec = AuditRecord {
+            record_id: "a".into(),
+            start_time: Some(1_772_446_504_000_000),
+            received_at: 1_772_446_504_000_000,
+            ..Default::default()
+        };
+        rt.block_on(p.appender.send(vec![rec])).expect("accepted");
+        let drained = rt.block_on(p.drain(tokio::time::Instant::now() + Duration::from_secs(10)));
+        assert!(drained.complete, "{drained:?}");
+        assert_eq!(metrics.parquet_records_written.load(Relaxed), 1);
+    }
+}

@@ -1,0 +1,1467 @@
+//! deploy/ agrees with the collector it deploys.
+//!
+//! No cluster is needed: every YAML file under deploy/ is parsed (all documents), kustomize's
+//! build is followed from the kustomization files (resources, generators, namespace, images),
+//! and the result is checked against the collector itself: the Deployment's arguments are
+//! parsed by the collector's own CLI definition and listed by `meshaudit serve --help`, the
+//! ConfigMap's TOML goes through `ServeConfig::resolve` (the function `main` calls), ports and
+//! probes are matched against the addresses it yields, and the real binary is started on that
+//! file to answer every HTTP path the manifests point at. The Istio files are checked against
+//! the Service (extension providers), each other (Telemetry, PeerAuthentication) and Entra's
+//! issuer rules. Where `kubectl` is installed, `kubectl kustomize` renders every kustomization
+//! and the render is compared with the model built here.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+use meshaudit::config::{ServeConfig, ServeOptions};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+
+/// Directories whose files are merged into an Istio installation by hand (mesh config is not a
+/// Kubernetes object), so no kustomization lists them.
+const MESH_CONFIG_DIR: &str = "istio/mesh-config";
+
+/// Headers whose values are secrets: never asked of Envoy (docs/audit-record.md, "Redaction").
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+/// Kinds that have no namespace (kustomize's namespace setting leaves them alone).
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "StorageClass",
+];
+
+/// Top-level kustomization keys this test knows how to follow. A new key (replacements, crds,
+/// ...) may reference files: teach `build` about it before using it.
+const KUSTOMIZATION_KEYS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "namespace",
+    "labels",
+    "resources",
+    "components",
+    "patches",
+    "configMapGenerator",
+    "generatorOptions",
+    "images",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Reading YAML.
+
+fn deploy() -> PathBuf {
+    PathBuf::from(DEPLOY)
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(DEPLOY)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn is_yaml(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+}
+
+/// Every non-empty document of a YAML file, as JSON values. Kubernetes objects are JSON, so a
+/// document without a JSON form is refused here as kubectl refuses it: kustomize fails on an
+/// integer map key (`portLevelMtls: {9001: ...}`), which YAML allows and serde would quietly
+/// turn into a string.
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", rel(path)));
+    serde_norway::Deserializer::from_str(&text)
+        .enumerate()
+        .map(|(i, doc)| {
+            let what = format!("{}: document {}", rel(path), i + 1);
+            let yaml =
+                serde_norway::Value::deserialize(doc).unwrap_or_else(|e| panic!("{what}: {e}"));
+            require_string_keys(&yaml, &what);
+            serde_json::to_value(&yaml).unwrap_or_else(|e| panic!("{what}: no JSON form: {e}"))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn require_string_keys(v: &serde_norway::Value, what: &str) {
+    use serde_norway::Value as Y;
+    match v {
+        Y::Mapping(m) => {
+            for (k, x) in m {
+                assert!(
+                    k.is_string(),
+                    "{what}: map key {k:?} is not a string; quote it (kustomize refuses it)"
+                );
+                require_string_keys(x, what);
+            }
+        }
+        Y::Sequence(items) => items.iter().for_each(|x| require_string_keys(x, what)),
+        Y::Tagged(t) => require_string_keys(&t.value, what),
+        _ => {}
+    }
+}
+
+fn yaml_doc(path: &Path) -> Value {
+    let mut docs = yaml_docs(path);
+    assert_eq!(docs.len(), 1, "{}: expected one YAML document", rel(path));
+    docs.remove(0)
+}
+
+fn str_at<'a>(v: &'a Value, ptr: &str, what: &str) -> &'a str {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{what}: no string at {ptr}"))
+}
+
+fn seq_at<'a>(v: &'a Value, ptr: &str, what: &str) -> &'a Vec<Value> {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("{what}: no list at {ptr}"))
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `labels` ⊇ `selector` (both JSON objects of strings).
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let (Some(sel), Some(labels)) = (selector.as_object(), labels.as_object()) else {
+        return false;
+    };
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Following kustomize.
+
+#[derive(Debug, Clone)]
+struct Obj {
+    /// The file the object came from (the kustomization, for generated ConfigMaps).
+    file: PathBuf,
+    doc: Value,
+}
+
+impl Obj {
+    fn kind(&self) -> &str {
+        self.doc["kind"].as_str().unwrap_or("")
+    }
+    fn name(&self) -> &str {
+        self.doc["metadata"]["name"].as_str().unwrap_or("")
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.doc["metadata"]["namespace"].as_str()
+    }
+    fn what(&self) -> String {
+        format!("{} {} ({})", self.kind(), self.name(), rel(&self.file))
+    }
+}
+
+/// A ConfigMap made by a configMapGenerator: its keys and the files they come from.
+#[derive(Debug, Clone)]
+struct Generated {
+    name: String,
+    files: BTreeMap<String, PathBuf>,
+}
+
+/// What `kustomize build DIR` would produce, as far as these checks need: the objects with
+/// namespaces and images set, the generated ConfigMaps, and every file that took part.
+#[derive(Debug, Default)]
+struct Build {
+    objects: Vec<Obj>,
+    generated: Vec<Generated>,
+    files: BTreeSet<PathBuf>,
+}
+
+impl Build {
+    fn all(&self, kind: &str) -> Vec<&Obj> {
+        self.objects.iter().filter(|o| o.kind() == kind).collect()
+    }
+    fn one(&self, kind: &str) -> &Obj {
+        let all = self.all(kind);
+        assert_eq!(
+            all.len(),
+            1,
+            "expected exactly one {kind}, found {}",
+            all.len()
+        );
+        all[0]
+    }
+    fn find(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<&Obj> {
+        self.objects
+            .iter()
+            .find(|o| o.kind() == kind && o.name() == name && o.namespace() == namespace)
+    }
+}
+
+fn build(dir: &Path) -> Build {
+    let kpath = dir.join("kustomization.yaml");
+    assert!(kpath.is_file(), "{} has no kustomization.yaml", rel(dir));
+    let k = yaml_doc(&kpath);
+    let what = rel(&kpath);
+    for key in k.as_object().map(|m| m.keys()).into_iter().flatten() {
+        assert!(
+            KUSTOMIZATION_KEYS.contains(&key.as_str()),
+            "{what}: key `{key}` is not followed by tests/deploy_files.rs; teach `build` its file references"
+        );
+    }
+    assert_eq!(str_at(&k, "/kind", &what), "Kustomization", "{what}");
+
+    let mut out = Build::default();
+    out.files.insert(kpath.clone());
+    let mut entries = strings(k.get("resources"));
+    entries.extend(strings(k.get("components")));
+    for entry in entries {
+        let p = dir.join(&entry);
+        if p.is_dir() {
+            let sub = build(&p);
+            out.objects.extend(sub.objects);
+            out.generated.extend(sub.generated);
+            out.files.extend(sub.files);
+        } else if p.is_file() {
+            for doc in yaml_docs(&p) {
+                out.objects.push(Obj {
+                    file: p.clone(),
+                    doc,
+                });
+            }
+            out.files.insert(p);
+        } else {
+            panic!("{what}: resource `{entry}` does not exist");
+        }
+    }
+    for patch in k
+        .get("patches")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(path) = patch.get("path").and_then(Value::as_str) {
+            let p = dir.join(path);
+            assert!(p.is_file(), "{what}: patch `{path}` does not exist");
+            out.files.insert(p);
+        }
+    }
+    for generator in k
+        .get("configMapGenerator")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = str_at(generator, "/name", &what).to_owned();
+        let mut data = serde_json::Map::new();
+        let mut files = BTreeMap::new();
+        for entry in strings(generator.get("files")) {
+            let (key, path) = match entry.split_once('=') {
+                Some((key, path)) => (key.to_owned(), path.to_owned()),
+                None => (
+                    Path::new(&entry)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    entry.clone(),
+                ),
+            };
+            let p = dir.join(&path);
+            let text = std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("{what}: configMapGenerator file `{path}`: {e}"));
+            data.insert(key.clone(), Value::from(text));
+            out.files.insert(p.clone());
+            files.insert(key, p);
+        }
+        assert!(!files.is_empty(), "{what}: generator {name} has no files");
+        out.objects.push(Obj {
+            file: kpath.clone(),
+            doc: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name}, "data": data}),
+        });
+        out.generated.push(Generated { name, files });
+    }
+    if let Some(ns) = k.get("namespace").and_then(Value::as_str) {
+        for o in &mut out.objects {
+            if !CLUSTER_SCOPED.contains(&o.kind()) {
+                o.doc["metadata"]["namespace"] = Value::from(ns);
+            }
+        }
+    }
+    for image in k
+        .get("images")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = str_at(image, "/name", &what);
+        let new_name = image["newName"].as_str().unwrap_or(name);
+        for o in &mut out.objects {
+            for c in containers_mut(&mut o.doc) {
+                let current = c["image"].as_str().unwrap_or("").to_owned();
+                let (base, tag) = current.split_once(':').unwrap_or((&current, ""));
+                if base == name {
+                    let tag = image["newTag"].as_str().unwrap_or(tag);
+                    c["image"] = Value::from(if tag.is_empty() {
+                        new_name.to_owned()
+                    } else {
+                        format!("{new_name}:{tag}")
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn containers_mut(doc: &mut Value) -> Vec<&mut Value> {
+    match doc.pointer_mut("/spec/template/spec/containers") {
+        Some(Value::Array(cs)) => cs.iter_mut().collect(),
+        _ => vec![],
+    }
+}
+
+/// Every kustomization directory under deploy/.
+fn kustomization_dirs() -> Vec<PathBuf> {
+    common::all_files(&deploy())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "kustomization.yaml"))
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect()
+}
+
+fn entra_dir() -> PathBuf {
+    deploy().join("istio/entra-examples")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The collector's side: its CLI, its config, its pod.
+
+/// Parses arguments exactly as `meshaudit serve` does (the same clap definition).
+#[derive(Parser)]
+struct ServeCli {
+    #[command(flatten)]
+    opts: ServeOptions,
+}
+
+fn meshaudit(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshaudit"))
+        .args(args)
+        .output()
+        .expect("run meshaudit");
+    assert!(out.status.success(), "meshaudit {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `--flags` that a help text lists.
+fn help_flags(help: &str) -> BTreeSet<String> {
+    help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The collector's Deployment, its one container and what its settings resolve to.
+struct Collector {
+    build: Build,
+    deployment: Obj,
+    container: Value,
+    /// The TOML file behind `--config` (via the ConfigMap mounted where the flag points).
+    config_file: PathBuf,
+    config: ServeConfig,
+}
+
+impl Collector {
+    fn load() -> Collector {
+        let build = build(&deploy().join("collector"));
+        let deployment = build.one("Deployment").clone();
+        let what = deployment.what();
+        let containers = seq_at(&deployment.doc, "/spec/template/spec/containers", &what);
+        let container = containers
+            .iter()
+            .find(|c| strings(c.get("command")).first().map(String::as_str) == Some("meshaudit"))
+            .unwrap_or_else(|| panic!("{what}: no container runs the `meshaudit` binary"))
+            .clone();
+        let args = strings(container.get("args"));
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some("serve"),
+            "{what}: args must start with the `serve` subcommand"
+        );
+        let parsed = ServeCli::try_parse_from(
+            std::iter::once("meshaudit serve").chain(args[1..].iter().map(String::as_str)),
+        )
+        .unwrap_or_else(|e| panic!("{what}: `meshaudit serve` refuses the args {args:?}: {e}"));
+        let config_path = parsed
+            .opts
+            .config
+            .clone()
+            .unwrap_or_else(|| panic!("{what}: settings come from a ConfigMap: pass --config"));
+        let config_file = mounted_config_file(&build, &deployment, &container, &config_path);
+        let config = ServeConfig::resolve(ServeOptions {
+            config: Some(config_file.clone()),
+            ..parsed.opts
+        })
+        .unwrap_or_else(|e| panic!("{}: the collector refuses it: {e}", rel(&config_file)));
+        Collector {
+            build,
+            deployment,
+            container,
+            config_file,
+            config,
+        }
+    }
+
+    fn pod_spec(&self) -> &Value {
+        &self.deployment.doc["spec"]["template"]["spec"]
+    }
+
+    fn pod_labels(&self) -> &Value {
+        &self.deployment.doc["spec"]["template"]["metadata"]["labels"]
+    }
+
+    fn namespace(&self) -> &str {
+        self.deployment
+            .namespace()
+            .unwrap_or_else(|| panic!("{}: no namespace after kustomize", self.deployment.what()))
+    }
+
+    /// The container port a Service targetPort or probe port names (by name or number).
+    fn container_port(&self, port: &Value) -> u64 {
+        let ports = seq_at(&self.container, "/ports", "collector container");
+        let found = match port {
+            Value::String(name) => ports.iter().find(|p| p["name"].as_str() == Some(name)),
+            Value::Number(n) => ports
+                .iter()
+                .find(|p| p["containerPort"].as_u64() == n.as_u64()),
+            _ => None,
+        };
+        found
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no container port {port} in the collector container"))
+    }
+
+    fn volume_mount(&self, name: &str) -> &Value {
+        seq_at(&self.container, "/volumeMounts", "collector container")
+            .iter()
+            .find(|m| m["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no volumeMount of volume {name}"))
+    }
+
+    /// The Service in front of the collector's pods, and its ALS port.
+    fn service(&self) -> (&Obj, &Value) {
+        let svc = self
+            .build
+            .all("Service")
+            .into_iter()
+            .find(|s| selects(&s.doc["spec"]["selector"], self.pod_labels()))
+            .unwrap_or_else(|| panic!("no Service selects the collector's pods"));
+        let port = seq_at(&svc.doc, "/spec/ports", &svc.what())
+            .iter()
+            .find(|p| {
+                self.container_port(p.get("targetPort").unwrap_or(&p["port"]))
+                    == u64::from(self.config.als_addr.port())
+            })
+            .unwrap_or_else(|| panic!("{}: no port reaches the ALS listener", svc.what()));
+        (svc, port)
+    }
+
+    /// What Istio's extension providers must name: `<svc>.<ns>.svc.cluster.local`.
+    fn service_fqdn(&self) -> String {
+        let (svc, _) = self.service();
+        format!(
+            "{}.{}.svc.cluster.local",
+            svc.name(),
+            svc.namespace().unwrap_or("default")
+        )
+    }
+}
+
+/// Maps the in-pod `--config` path to the file in this repository, through the volume mount,
+/// the ConfigMap volume and the configMapGenerator that makes the ConfigMap.
+fn mounted_config_file(build: &Build, deployment: &Obj, container: &Value, path: &Path) -> PathBuf {
+    let what = deployment.what();
+    let mount = seq_at(container, "/volumeMounts", &what)
+        .iter()
+        .find(|m| {
+            m["mountPath"]
+                .as_str()
+                .is_some_and(|mp| path.starts_with(mp))
+        })
+        .unwrap_or_else(|| panic!("{what}: nothing is mounted at {}", path.display()));
+    let mount_path = str_at(mount, "/mountPath", &what);
+    let volume_name = str_at(mount, "/name", &what);
+    let volume = seq_at(&deployment.doc, "/spec/template/spec/volumes", &what)
+        .iter()
+        .find(|v| v["name"].as_str() == Some(volume_name))
+        .unwrap_or_else(|| panic!("{what}: no volume {volume_name}"));
+    let cm_name = str_at(
+        volume,
+        "/configMap/name",
+        &format!("{what}: volume {volume_name}"),
+    );
+    let generated = build
+        .generated
+        .iter()
+        .find(|g| g.name == cm_name)
+        .unwrap_or_else(|| panic!("{what}: no configMapGenerator makes ConfigMap {cm_name}"));
+    let rest = path
+        .strip_prefix(mount_path)
+        .unwrap_or_else(|_| panic!("{} is not under {mount_path}", path.display()))
+        .to_string_lossy()
+        .into_owned();
+    // `items` may map keys to other file names inside the mount.
+    let key = volume["configMap"]["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["path"].as_str() == Some(rest.as_str()))
+                .and_then(|i| i["key"].as_str())
+        })
+        .unwrap_or(&rest);
+    generated
+        .files
+        .get(key)
+        .unwrap_or_else(|| {
+            panic!(
+                "ConfigMap {cm_name} has no key {key} (for --config {})",
+                path.display()
+            )
+        })
+        .clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Istio side.
+
+/// Extension providers of the mesh config fragments; both fragments must agree.
+fn extension_providers() -> Vec<Value> {
+    let dir = deploy().join(MESH_CONFIG_DIR);
+    let helm = yaml_doc(&dir.join("helm-values.yaml"));
+    let operator = yaml_doc(&dir.join("istiooperator.yaml"));
+    assert_eq!(
+        str_at(&operator, "/kind", "istiooperator.yaml"),
+        "IstioOperator"
+    );
+    let from_helm = seq_at(&helm, "/meshConfig/extensionProviders", "helm-values.yaml");
+    let from_operator = seq_at(
+        &operator,
+        "/spec/meshConfig/extensionProviders",
+        "istiooperator.yaml",
+    );
+    assert_eq!(
+        from_helm, from_operator,
+        "helm-values.yaml and istiooperator.yaml must register the same providers"
+    );
+    from_helm.clone()
+}
+
+fn provider_names() -> BTreeSet<String> {
+    extension_providers()
+        .iter()
+        .map(|p| str_at(p, "/name", "extension provider").to_owned())
+        .collect()
+}
+
+/// Calls `f(key, value)` on every mapping entry anywhere inside `v`.
+fn walk<'a>(v: &'a Value, f: &mut impl FnMut(&'a str, &'a Value)) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                f(k, x);
+                walk(x, f);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| walk(x, f)),
+        _ => {}
+    }
+}
+
+/// The provider names of one Telemetry accessLogging rule.
+fn rule_providers(rule: &Value) -> BTreeSet<String> {
+    rule["providers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn all_yaml_docs() -> Vec<(PathBuf, Value)> {
+    common::all_files(&deploy())
+        .into_iter()
+        .filter(|p| is_yaml(p))
+        .flat_map(|p| yaml_docs(&p).into_iter().map(move |d| (p.clone(), d)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: files and kustomize.
+
+#[test]
+fn every_yaml_file_parses_and_every_resource_is_a_named_object() {
+    let files: Vec<PathBuf> = common::all_files(&deploy())
+        .into_iter()
+        .filter(|p| is_yaml(p))
+        .collect();
+    assert!(
+        files.len() >= 10,
+        "deploy/ holds {} YAML files",
+        files.len()
+    );
+    for f in &files {
+        let docs = yaml_docs(f);
+        assert!(!docs.is_empty(), "{}: no YAML document", rel(f));
+        for d in &docs {
+            assert!(d.is_object(), "{}: a document is not a mapping", rel(f));
+        }
+    }
+    // Every object kustomize applies has apiVersion, kind, name and, unless cluster-scoped, a
+    // namespace; no two objects collide.
+    for dir in kustomization_dirs() {
+        let b = build(&dir);
+        let mut seen = BTreeSet::new();
+        for o in &b.objects {
+            let what = o.what();
+            assert!(o.doc["apiVersion"].is_string(), "{what}: no apiVersion");
+            assert!(
+                !o.kind().is_empty() && !o.name().is_empty(),
+                "{what}: no kind or name"
+            );
+            assert_eq!(
+                o.namespace().is_none(),
+                CLUSTER_SCOPED.contains(&o.kind()),
+                "{what}: namespaced objects need a namespace, cluster-scoped ones none"
+            );
+            assert!(
+                seen.insert((
+                    o.kind().to_owned(),
+                    o.namespace().map(str::to_owned),
+                    o.name().to_owned()
+                )),
+                "{what}: defined twice in {}",
+                rel(&dir)
+            );
+        }
+    }
+}
+
+#[test]
+fn kustomizations_list_existing_files_and_every_file_is_used() {
+    let dirs = kustomization_dirs();
+    let mut used = BTreeSet::new();
+    for d in &dirs {
+        used.extend(build(d).files); // panics on a listed file that does not exist
+    }
+    let mesh_config = deploy().join(MESH_CONFIG_DIR);
+    for f in common::all_files(&deploy()) {
+        let documentation = f.extension().is_some_and(|e| e == "md");
+        let merged_by_hand = f.starts_with(&mesh_config);
+        assert!(
+            used.contains(&f) || documentation || merged_by_hand,
+            "{} is not listed by any kustomization.yaml (list it, or it never reaches a cluster)",
+            rel(&f)
+        );
+        assert!(
+            !(merged_by_hand && used.contains(&f)),
+            "{}: mesh config fragments are not Kubernetes objects; no kustomization may list them",
+            rel(&f)
+        );
+    }
+    // Each kustomization is reachable: from deploy/kustomization.yaml, or named by an apply
+    // command in deploy/README.md.
+    let top = build(&deploy()).files;
+    let readme = std::fs::read_to_string(deploy().join("README.md")).expect("deploy/README.md");
+    for d in &dirs {
+        let k = d.join("kustomization.yaml");
+        let named = readme.contains(&format!("kubectl apply -k deploy/{}", rel(d)));
+        assert!(
+            top.contains(&k) || named,
+            "{} is neither part of deploy/ nor applied in deploy/README.md",
+            rel(d)
+        );
+    }
+    // The examples that need editing are not applied by `kubectl apply -k deploy/`.
+    assert!(
+        !top.contains(&entra_dir().join("kustomization.yaml")),
+        "istio/entra-examples has placeholders: keep it out of deploy/kustomization.yaml"
+    );
+}
+
+#[test]
+fn readme_commands_name_real_paths() {
+    let readme = std::fs::read_to_string(deploy().join("README.md")).expect("deploy/README.md");
+    let mut checked = 0;
+    for word in readme.split(|c: char| c.is_whitespace() || c == '`' || c == '(' || c == ')') {
+        let Some(path) = word.strip_prefix("deploy/") else {
+            continue;
+        };
+        // A glob (`*.yaml`) names the directory it is in.
+        let path = path.split('*').next().unwrap_or(path);
+        let p = deploy().join(path.trim_end_matches([',', '.', ':']));
+        assert!(
+            p.exists(),
+            "deploy/README.md names deploy/{path}, which does not exist"
+        );
+        checked += 1;
+    }
+    for (i, line) in readme.lines().enumerate() {
+        if let Some(rest) = line.split("kubectl apply -k ").nth(1) {
+            let dir = rest.split_whitespace().next().unwrap_or("");
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            assert!(
+                p.join("kustomization.yaml").is_file(),
+                "deploy/README.md line {}: `kubectl apply -k {dir}` has no kustomization.yaml",
+                i + 1
+            );
+        }
+    }
+    assert!(
+        checked >= 5,
+        "deploy/README.md names only {checked} deploy/ paths"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: the collector's manifests against the collector.
+
+#[test]
+fn deployment_args_are_flags_of_meshaudit_serve() {
+    let c = Collector::load();
+    let top = meshaudit(&["--help"]);
+    assert!(
+        top.lines().any(|l| l.trim_start().starts_with("serve ")),
+        "`meshaudit --help` lists no serve command:\n{top}"
+    );
+    let flags = help_flags(&meshaudit(&["serve", "--help"]));
+    assert!(flags.contains("--config"), "serve --help: {flags:?}");
+    let args = strings(c.container.get("args"));
+    let given: Vec<&str> = args
+        .iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split_once('=').map_or(a.as_str(), |(f, _)| f))
+        .collect();
+    assert!(!given.is_empty(), "the Deployment passes no flag: {args:?}");
+    for flag in given {
+        assert!(
+            flags.contains(flag),
+            "{flag} is not listed by `meshaudit serve --help`"
+        );
+    }
+    // Environment: a MESHAUDIT_* name the collector does not know stops it at start-up.
+    let known: BTreeSet<String> = {
+        use clap::CommandFactory;
+        ServeCli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect()
+    };
+    for env in c.container["env"].as_array().into_iter().flatten() {
+        let name = str_at(env, "/name", "container env");
+        assert!(
+            !name.starts_with("MESHAUDIT_") || known.contains(name),
+            "env {name} is not a setting of meshaudit serve"
+        );
+    }
+}
+
+#[test]
+fn configmap_toml_is_accepted_and_matches_the_pod() {
+    let c = Collector::load();
+    // Only the collector's keys: ServeConfig::resolve above parsed it with deny_unknown_fields
+    // and validated it; here, what it resolved to must fit the pod around it.
+    let cfg = &c.config;
+    assert!(
+        cfg.als_addr.ip().is_unspecified() && cfg.admin_addr.ip().is_unspecified(),
+        "listeners bound to {} / {} are unreachable from the Service and the kubelet",
+        cfg.als_addr,
+        cfg.admin_addr
+    );
+    assert_eq!(
+        c.container_port(&json!("grpc-als")),
+        u64::from(cfg.als_addr.port())
+    );
+    assert_eq!(
+        c.container_port(&json!("http-admin")),
+        u64::from(cfg.admin_addr.port())
+    );
+
+    // The data dir is a writable volume, since the root filesystem is read-only.
+    let mount = seq_at(&c.container, "/volumeMounts", "collector container")
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(Path::new) == Some(cfg.data_dir.as_path()))
+        .unwrap_or_else(|| {
+            panic!(
+                "data_dir {} is not a mounted volume",
+                cfg.data_dir.display()
+            )
+        });
+    assert_ne!(
+        mount["readOnly"],
+        json!(true),
+        "the data volume is read-only"
+    );
+    let volume_name = str_at(mount, "/name", "data mount");
+    let volume = seq_at(c.pod_spec(), "/volumes", "pod")
+        .iter()
+        .find(|v| v["name"].as_str() == Some(volume_name))
+        .expect("data volume");
+    assert!(
+        volume["emptyDir"]["sizeLimit"].is_string() || volume["persistentVolumeClaim"].is_object(),
+        "the data volume must be an emptyDir with a sizeLimit or a PVC: {volume}"
+    );
+    // The config volume is mounted read-only.
+    let config_volume = seq_at(c.pod_spec(), "/volumes", "pod")
+        .iter()
+        .find(|v| v["configMap"].is_object())
+        .expect("config volume");
+    let config_mount = c.volume_mount(str_at(config_volume, "/name", "config volume"));
+    assert_eq!(config_mount["readOnly"], json!(true));
+
+    // The pod gets longer than the collector's drain before it is killed.
+    let grace = c.pod_spec()["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace > cfg.shutdown_timeout.as_secs(),
+        "terminationGracePeriodSeconds {grace} must exceed the collector's drain of {:?}",
+        cfg.shutdown_timeout
+    );
+}
+
+#[test]
+fn service_probes_and_scrape_annotations_use_the_configured_ports() {
+    let c = Collector::load();
+    let cfg = &c.config;
+    let (svc, als) = c.service();
+    assert_eq!(als["name"], json!("grpc-als"), "{}", svc.what());
+    assert_eq!(als["appProtocol"], json!("grpc"), "{}", svc.what());
+    let admin = seq_at(&svc.doc, "/spec/ports", &svc.what())
+        .iter()
+        .find(|p| p["name"] != als["name"])
+        .expect("an admin port on the Service");
+    assert_eq!(
+        c.container_port(admin.get("targetPort").unwrap_or(&admin["port"])),
+        u64::from(cfg.admin_addr.port())
+    );
+
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &c.container[probe]["httpGet"];
+        assert_eq!(get["path"], json!(path), "{probe}");
+        assert_eq!(
+            c.container_port(&get["port"]),
+            u64::from(cfg.admin_addr.port()),
+            "{probe} must use the admin port"
+        );
+    }
+
+    let ann = &c.deployment.doc["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], json!("true"));
+    assert_eq!(
+        ann["prometheus.io/port"],
+        json!(cfg.admin_addr.port().to_string())
+    );
+    assert_eq!(ann["prometheus.io/path"], json!("/metrics"));
+}
+
+#[test]
+fn pods_are_hardened_spread_and_budgeted() {
+    let c = Collector::load();
+    let dep = &c.deployment.doc;
+    let what = c.deployment.what();
+    assert!(
+        dep["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
+        "{what}: replicas >= 2"
+    );
+    assert!(
+        selects(&dep["spec"]["selector"]["matchLabels"], c.pod_labels()),
+        "{what}: selector"
+    );
+
+    let pod = c.pod_spec();
+    let psc = &pod["securityContext"];
+    let csc = &c.container["securityContext"];
+    assert_eq!(psc["runAsNonRoot"], json!(true), "{what}: pod runAsNonRoot");
+    assert_ne!(
+        psc["runAsUser"],
+        json!(0),
+        "{what}: runAsUser 0 contradicts runAsNonRoot"
+    );
+    assert_eq!(csc["readOnlyRootFilesystem"], json!(true), "{what}");
+    assert_eq!(csc["allowPrivilegeEscalation"], json!(false), "{what}");
+    assert!(
+        strings(csc.pointer("/capabilities/drop")).contains(&"ALL".to_owned()),
+        "{what}"
+    );
+    assert!(
+        psc["seccompProfile"]["type"] == json!("RuntimeDefault")
+            || csc["seccompProfile"]["type"] == json!("RuntimeDefault"),
+        "{what}: seccomp RuntimeDefault"
+    );
+    for kind in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            assert!(
+                c.container["resources"][kind][res].is_string(),
+                "{what}: resources.{kind}.{res}"
+            );
+        }
+    }
+
+    let spread = seq_at(pod, "/topologySpreadConstraints", &what);
+    assert!(
+        spread
+            .iter()
+            .any(|s| s["topologyKey"] == json!("kubernetes.io/hostname")
+                && selects(&s["labelSelector"]["matchLabels"], c.pod_labels())),
+        "{what}: no spread across nodes that selects the collector's pods"
+    );
+
+    let pdb = c.build.one("PodDisruptionBudget");
+    assert!(
+        selects(&pdb.doc["spec"]["selector"]["matchLabels"], c.pod_labels()),
+        "{}: selects other pods",
+        pdb.what()
+    );
+    assert_eq!(pdb.namespace(), Some(c.namespace()));
+
+    let sa = str_at(pod, "/serviceAccountName", &what);
+    assert!(
+        c.build
+            .find("ServiceAccount", Some(c.namespace()), sa)
+            .is_some(),
+        "{what}: ServiceAccount {sa} is not deployed"
+    );
+    assert!(
+        c.build.find("Namespace", None, c.namespace()).is_some(),
+        "the Namespace {} is not deployed",
+        c.namespace()
+    );
+    // The image is set through kustomize's `images`, so users can override it.
+    let image = str_at(&c.container, "/image", &what);
+    let k = yaml_doc(&deploy().join("collector/kustomization.yaml"));
+    let base = image.split(':').next().unwrap_or(image);
+    assert!(
+        seq_at(&k, "/images", "collector/kustomization.yaml")
+            .iter()
+            .any(|i| i["newName"].as_str().or(i["name"].as_str()) == Some(base)),
+        "{what}: image {image} is not set by an `images` entry"
+    );
+}
+
+/// The real collector, started on the ConfigMap's TOML (only the addresses and the data dir
+/// overridden by flags, which take precedence), answers every HTTP path the manifests point
+/// at, and stops cleanly on SIGTERM as Kubernetes stops it.
+#[test]
+fn the_shipped_config_serves_every_path_the_manifests_probe() {
+    let c = Collector::load();
+    let ann = &c.deployment.doc["spec"]["template"]["metadata"]["annotations"];
+    let mut paths: Vec<String> = ["readinessProbe", "livenessProbe"]
+        .iter()
+        .map(|p| str_at(&c.container, &format!("/{p}/httpGet/path"), p).to_owned())
+        .collect();
+    paths.push(str_at(ann, "/prometheus.io~1path", "scrape annotation").to_owned());
+
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = c.config_file.to_str().expect("utf-8 path");
+    let collector = common::Collector::start(data.path(), &["--config", config]);
+    for path in &paths {
+        let (status, body) = common::http_get(collector.admin_addr, path)
+            .unwrap_or_else(|| panic!("GET {path}: no answer"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        if path == "/metrics" {
+            assert!(
+                body.contains("meshaudit_"),
+                "/metrics has no meshaudit series:\n{body}"
+            );
+        }
+    }
+    let (status, output) = collector.stop();
+    assert!(
+        status.success(),
+        "collector exit {status} after SIGTERM:\n{output}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: Istio wiring.
+
+#[test]
+fn extension_providers_point_at_the_collector_service() {
+    let c = Collector::load();
+    let (_, als) = c.service();
+    let fqdn = c.service_fqdn();
+    let providers = extension_providers();
+    let mut log_names = BTreeSet::new();
+    let mut kinds = BTreeSet::new();
+    for p in &providers {
+        let name = str_at(p, "/name", "extension provider");
+        let (kind, body) = ["envoyHttpAls", "envoyTcpAls"]
+            .iter()
+            .find_map(|k| p.get(*k).map(|b| (*k, b)))
+            .unwrap_or_else(|| panic!("provider {name} is neither envoyHttpAls nor envoyTcpAls"));
+        kinds.insert(kind);
+        assert_eq!(body["service"], json!(fqdn), "provider {name}: service");
+        assert_eq!(
+            body["port"], als["port"],
+            "provider {name}: port of Service port grpc-als"
+        );
+        let log_name = str_at(body, "/logName", name);
+        assert!(
+            log_names.insert(log_name.to_owned()),
+            "provider {name}: logName {log_name} reused"
+        );
+        // Setting the list replaces Istio's default: keep the peer metadata the join reads.
+        let objects = strings(body.get("filterStateObjectsToLog"));
+        for o in ["upstream_peer", "downstream_peer"] {
+            assert!(
+                objects.contains(&o.to_owned()),
+                "provider {name}: {o} not logged"
+            );
+        }
+        if kind == "envoyHttpAls" {
+            // The collector fills trace_id from this header (src/join/traffic.rs).
+            assert!(
+                strings(body.get("additionalRequestHeadersToLog"))
+                    .contains(&"traceparent".to_owned()),
+                "provider {name}: traceparent not logged"
+            );
+        }
+    }
+    assert_eq!(kinds.len(), 2, "one HTTP and one TCP provider");
+
+    // The main README shows the same registration.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("```yaml")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("extensionProviders"))
+        .expect("README.md shows the extension providers");
+    let shown = serde_norway::Deserializer::from_str(block)
+        .next()
+        .map(|d| Value::deserialize(d).expect("README yaml"))
+        .expect("README yaml document");
+    for p in seq_at(&shown, "/meshConfig/extensionProviders", "README.md") {
+        let name = str_at(p, "/name", "README provider");
+        let ours = providers
+            .iter()
+            .find(|q| q["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("README.md names provider {name}, deploy/ does not"));
+        for kind in ["envoyHttpAls", "envoyTcpAls"] {
+            for field in ["service", "port", "logName"] {
+                assert_eq!(
+                    p.pointer(&format!("/{kind}/{field}")),
+                    ours.pointer(&format!("/{kind}/{field}")),
+                    "README.md and deploy/ disagree on {name}.{kind}.{field}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn no_secret_header_is_logged_or_forwarded() {
+    let mut lists = 0;
+    for (file, doc) in all_yaml_docs() {
+        walk(&doc, &mut |key, value| {
+            if key.ends_with("HeadersToLog") || key.ends_with("TrailersToLog") {
+                lists += 1;
+                for h in strings(Some(value)) {
+                    assert!(
+                        !SECRET_HEADERS.contains(&h.to_ascii_lowercase().as_str()),
+                        "{}: {key} logs {h}, a secret",
+                        rel(&file)
+                    );
+                }
+            }
+            if key == "forwardOriginalToken" {
+                assert_ne!(
+                    value,
+                    &json!(true),
+                    "{}: forwards the raw token",
+                    rel(&file)
+                );
+            }
+            if key == "outputClaimToHeaders" {
+                for h in value.as_array().into_iter().flatten() {
+                    let name = h["header"].as_str().unwrap_or("").to_ascii_lowercase();
+                    assert!(
+                        !SECRET_HEADERS.contains(&name.as_str()),
+                        "{}: {name}",
+                        rel(&file)
+                    );
+                }
+            }
+        });
+    }
+    // The walk saw the header lists: both mesh config fragments have one.
+    assert!(lists >= 2, "found only {lists} header lists under deploy/");
+}
+
+#[test]
+fn telemetry_names_registered_providers() {
+    let c = Collector::load();
+    let providers = provider_names();
+    let b = build(&deploy());
+    let telemetries = b.all("Telemetry");
+    assert!(!telemetries.is_empty(), "no Telemetry resource in deploy/");
+    for t in &telemetries {
+        for rule in seq_at(&t.doc, "/spec/accessLogging", &t.what()) {
+            for p in seq_at(rule, "/providers", &t.what()) {
+                let name = str_at(p, "/name", &t.what());
+                assert!(
+                    providers.contains(name),
+                    "{}: provider {name} is not registered",
+                    t.what()
+                );
+            }
+        }
+    }
+    let enables_all = |t: &Obj| {
+        seq_at(&t.doc, "/spec/accessLogging", &t.what())
+            .iter()
+            .any(|r| r["disabled"] != json!(true) && rule_providers(r) == providers)
+    };
+    // Mesh-wide: root namespace, no selector or target, all providers on.
+    assert!(
+        telemetries
+            .iter()
+            .any(|t| t.namespace() == Some("istio-system")
+                && t.doc["spec"]["selector"].is_null()
+                && t.doc["spec"]["targetRefs"].is_null()
+                && enables_all(t)),
+        "no mesh-wide Telemetry in istio-system turns on every meshaudit provider"
+    );
+    // The collector's own sidecar does not report to it.
+    assert!(
+        telemetries
+            .iter()
+            .any(|t| t.namespace() == Some(c.namespace())
+                && seq_at(&t.doc, "/spec/accessLogging", &t.what())
+                    .iter()
+                    .any(|r| r["disabled"] == json!(true))),
+        "no Telemetry in {} turns the collector's self-reporting off",
+        c.namespace()
+    );
+}
+
+#[test]
+fn als_port_requires_mtls() {
+    let c = Collector::load();
+    let b = build(&deploy());
+    let pa = b
+        .all("PeerAuthentication")
+        .into_iter()
+        .find(|p| p.namespace() == Some(c.namespace()))
+        .expect("a PeerAuthentication in the collector's namespace");
+    assert!(
+        selects(&pa.doc["spec"]["selector"]["matchLabels"], c.pod_labels()),
+        "{}: does not select the collector",
+        pa.what()
+    );
+    assert_eq!(
+        pa.doc["spec"]["mtls"]["mode"],
+        json!("STRICT"),
+        "{}",
+        pa.what()
+    );
+    let ports = pa.doc["spec"]["portLevelMtls"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !ports.contains_key(&c.config.als_addr.port().to_string()),
+        "{}: the ALS port must stay STRICT",
+        pa.what()
+    );
+    for port in ports.keys() {
+        assert_eq!(
+            port,
+            &c.config.admin_addr.port().to_string(),
+            "{}: unexpected port",
+            pa.what()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: Entra examples.
+
+const V1_ISSUER: &str = "https://sts.windows.net/TENANT_ID/";
+const V2_ISSUER: &str = "https://login.microsoftonline.com/TENANT_ID/v2.0";
+
+#[test]
+fn request_authentication_accepts_both_entra_issuers() {
+    let b = build(&entra_dir());
+    let ra = b.one("RequestAuthentication");
+    let rules = seq_at(&ra.doc, "/spec/jwtRules", &ra.what());
+    let by_issuer: BTreeMap<&str, &Value> = rules
+        .iter()
+        .map(|r| (str_at(r, "/issuer", &ra.what()), r))
+        .collect();
+    assert_eq!(
+        by_issuer.keys().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([V1_ISSUER, V2_ISSUER]),
+        "{}: one rule per Entra issuer (v1 with its trailing slash, v2)",
+        ra.what()
+    );
+    let jwks = |iss| str_at(by_issuer[iss], "/jwksUri", iss).to_owned();
+    assert_eq!(
+        jwks(V1_ISSUER),
+        "https://login.microsoftonline.com/TENANT_ID/discovery/keys"
+    );
+    assert_eq!(
+        jwks(V2_ISSUER),
+        "https://login.microsoftonline.com/TENANT_ID/discovery/v2.0/keys"
+    );
+    for (iss, rule) in &by_issuer {
+        let aud = strings(rule.get("audiences"));
+        assert!(
+            aud.iter().any(|a| a.contains("API_CLIENT_ID")),
+            "{iss}: audiences {aud:?}"
+        );
+    }
+    // Placeholders are marked for the reader.
+    for f in ["requestauthentication.yaml", "authorizationpolicy.yaml"] {
+        let text = std::fs::read_to_string(entra_dir().join(f)).expect("read");
+        assert!(
+            text.contains("EDIT BEFORE APPLYING"),
+            "{f}: placeholders not marked"
+        );
+    }
+}
+
+#[test]
+fn authorization_policies_use_entra_claims_and_one_is_dry_run() {
+    let b = build(&entra_dir());
+    let ra = b.one("RequestAuthentication");
+    let issuers: Vec<String> = seq_at(&ra.doc, "/spec/jwtRules", "jwtRules")
+        .iter()
+        .map(|r| str_at(r, "/issuer", "jwtRule").to_owned())
+        .collect();
+    let policies = b.all("AuthorizationPolicy");
+    let mut claims = BTreeSet::new();
+    let mut dry_run = 0;
+    for p in &policies {
+        let what = p.what();
+        // Claims exist only where the RequestAuthentication verified the token.
+        assert_eq!(p.namespace(), ra.namespace(), "{what}");
+        assert_eq!(
+            p.doc["spec"]["selector"], ra.doc["spec"]["selector"],
+            "{what}"
+        );
+        let action = p.doc["spec"]["action"].as_str().unwrap_or("ALLOW");
+        assert!(
+            ["ALLOW", "DENY", "AUDIT", "CUSTOM"].contains(&action),
+            "{what}: {action}"
+        );
+        match p.doc["metadata"]["annotations"]["istio.io/dry-run"].as_str() {
+            Some("true") => dry_run += 1,
+            None => {}
+            Some(other) => {
+                panic!("{what}: istio.io/dry-run must be the string \"true\", not {other}")
+            }
+        }
+        walk(&p.doc, &mut |key, value| {
+            if key == "key" {
+                if let Some(claim) = value
+                    .as_str()
+                    .and_then(|k| k.strip_prefix("request.auth.claims["))
+                {
+                    claims.insert(claim.trim_end_matches(']').to_owned());
+                }
+            }
+            // `<iss>/<sub>`: the v1 issuer's own trailing slash makes it `.../TENANT_ID//*`.
+            if key == "requestPrincipals" || key == "notRequestPrincipals" {
+                for principal in strings(Some(value)) {
+                    assert!(
+                        principal == "*"
+                            || issuers
+                                .iter()
+                                .any(|iss| principal.starts_with(&format!("{iss}/"))),
+                        "{what}: principal {principal} matches no configured issuer"
+                    );
+                }
+            }
+        });
+    }
+    assert!(
+        dry_run >= 1,
+        "no AuthorizationPolicy has istio.io/dry-run: \"true\""
+    );
+    assert!(
+        dry_run < policies.len(),
+        "every example is dry-run: show an enforced one too"
+    );
+    for claim in ["tid", "roles", "groups"] {
+        assert!(
+            claims.contains(claim),
+            "no example decides on the `{claim}` claim: {claims:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests: kustomize itself.
+
+/// `kubectl kustomize` renders every kustomization, and the render holds exactly the objects
+/// modelled above, with the generated ConfigMap referenced under its hashed name and the image
+/// set. Needs kubectl (kustomize v5): skipped with a notice where it is missing, required in CI.
+#[test]
+fn kubectl_kustomize_renders_what_the_checks_model() {
+    let version = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    let Some(version) = version.ok().filter(|o| o.status.success()) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubectl is needed in CI to render deploy/ with kustomize"
+        );
+        eprintln!("SKIPPED kubectl_kustomize_renders_what_the_checks_model: kubectl not found");
+        return;
+    };
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert!(
+        version.contains("Kustomize Version: v5"),
+        "kubectl's kustomize is too old for deploy/ (needs v5):\n{version}"
+    );
+    for dir in kustomization_dirs() {
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&dir)
+            .output()
+            .expect("run kubectl kustomize");
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {} failed:\n{}",
+            rel(&dir),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rendered: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+            .map(|d| Value::deserialize(d).expect("kustomize output is YAML"))
+            .filter(|v| !v.is_null())
+            .collect();
+        let model = build(&dir);
+        // Generated names get a content hash: map them back to the generator's name.
+        let unhash = |name: &str| -> String {
+            model
+                .generated
+                .iter()
+                .find(|g| {
+                    name.strip_prefix(&g.name)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .is_some_and(|h| !h.is_empty() && !h.contains('-'))
+                })
+                .map_or_else(|| name.to_owned(), |g| g.name.clone())
+        };
+        let rendered_ids: BTreeSet<(String, Option<String>, String)> = rendered
+            .iter()
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap_or("").to_owned(),
+                    o["metadata"]["namespace"].as_str().map(str::to_owned),
+                    unhash(o["metadata"]["name"].as_str().unwrap_or("")),
+                )
+            })
+            .collect();
+        let model_ids: BTreeSet<(String, Option<String>, String)> = model
+            .objects
+            .iter()
+            .map(|o| {
+                (
+                    o.kind().to_owned(),
+                    o.namespace().map(str::to_owned),
+                    o.name().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rendered_ids,
+            model_ids,
+            "{}: kustomize and the model disagree",
+            rel(&dir)
+        );
+
+        // Every ConfigMap a rendered pod mounts exists in the render; images match the model.
+        let names: BTreeSet<&str> = rendered
+            .iter()
+            .filter(|o| o["kind"] == json!("ConfigMap"))
+            .filter_map(|o| o["metadata"]["name"].as_str())
+            .collect();
+        for o in rendered.iter().filter(|o| o["kind"] == json!("Deployment")) {
+            for v in o
+                .pointer("/spec/template/spec/volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(cm) = v["configMap"]["name"].as_str() {
+                    assert!(
+                        names.contains(cm),
+                        "{}: mounts missing ConfigMap {cm}",
+                        rel(&dir)
+                    );
+                }
+            }
+            let name = o["metadata"]["name"].as_str().unwrap_or("");
+            let modelled = model
+                .find("Deployment", o["metadata"]["namespace"].as_str(), name)
+                .expect("modelled Deployment");
+            assert_eq!(
+                o.pointer("/spec/template/spec/containers/0/image"),
+                modelled
+                    .doc
+                    .pointer("/spec/template/spec/containers/0/image"),
+                "{}: image",
+                rel(&dir)
+            );
+        }
+    }
+}
+
+#[test]
+fn helpers_detect_what_the_checks_rely_on() {
+    // The checks above pass vacuously if these helpers never match: pin their behaviour.
+    assert!(selects(&json!({"a": "1"}), &json!({"a": "1", "b": "2"})));
+    assert!(!selects(&json!({"a": "1"}), &json!({"a": "2"})));
+    assert!(!selects(&json!({}), &json!({"a": "1"})));
+    let flags = help_flags("  --als-addr <HOST:PORT>  Address\n  -h, --help  Print help");
+    assert_eq!(
+        flags,
+        BTreeSet::from(["--als-addr".to_owned(), "--help".to_owned()])
+    );
+    let mut keys = vec![];
+    walk(&json!({"a": [{"bHeadersToLog": ["x"]}]}), &mut |k, _| {
+        keys.push(k.to_owned())
+    });
+    assert_eq!(keys, ["a", "bHeadersToLog"]);
+    // An integer map key has no JSON form: yaml_docs refuses it, as kubectl does.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("x.yaml");
+    std::fs::write(&f, "a: 1\n---\nports:\n  9001: {mode: PERMISSIVE}\n").expect("write");
+    let refused = std::panic::catch_unwind(|| yaml_docs(&f));
+    assert!(refused.is_err(), "an integer map key must be refused");
+}
