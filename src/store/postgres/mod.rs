@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection};
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use self::url::DatabaseUrl;
 use crate::record::{AuditRecord, COLUMNS};
@@ -318,7 +318,8 @@ impl PostgresSink {
 
     fn drop_connection_on(&mut self, e: &PgError) {
         // The connection may be mid-COPY or mid-transaction; a new one is the simple safe state.
-        warn!(target = %self.target, error = %e, "postgres write failed; reconnecting");
+        // The caller logs the failure; this only notes the reconnect.
+        debug!(target = %self.target, error = %e, "dropping the postgres connection after a failure");
         self.conn = None;
     }
 

@@ -132,8 +132,10 @@ struct Request {
     done: oneshot::Sender<Result<(), AppendError>>,
 }
 
-/// Bytes of encoded frames the tail cache keeps for sinks that are keeping up.
-const TAIL_CACHE_BYTES: u64 = 64 << 20;
+/// Encoded bytes of recent frames kept decoded in memory for sinks that keep up. Decoded
+/// records take about 3-4 times their encoded size, so this is ~50-60 MiB of memory; a sink
+/// further behind reads from disk.
+const TAIL_CACHE_BYTES: u64 = 16 << 20;
 
 struct Cursor {
     sink: SinkId,
