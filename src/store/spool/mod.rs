@@ -307,8 +307,22 @@ impl Spool {
     /// Persists every cursor and deletes what all sinks have. Call after the sinks stopped.
     pub fn shutdown(mut self) -> u64 {
         self.close_appends();
+        let end = self.shared.end();
+        let all_taken = self
+            .shared
+            .cursors
+            .iter()
+            .all(|c| c.acked.load(Relaxed) == end);
+        let last = lock(&self.shared.segments).last().copied();
+        if all_taken && last.is_some_and(|l| l < end) {
+            // Every sink has everything: start the next run on an empty segment so the full one
+            // can go now rather than linger until it would have rolled.
+            match files::create_segment(&self.shared.cfg.dir, end) {
+                Ok(_) => lock(&self.shared.segments).push(end),
+                Err(e) => warn!(error = %e, "cannot start a fresh spool segment at shutdown"),
+            }
+        }
         self.shared.maintain();
-        let end = self.shared.published.borrow().end;
         let mut behind = 0;
         for c in &self.shared.cursors {
             let lag = end - c.acked.load(Relaxed);

@@ -253,3 +253,42 @@ async fn a_second_process_cannot_open_the_same_spool() {
     drop(a);
     close(s).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_with_everything_taken_leaves_an_empty_spool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, a, _) = open(cfg(dir.path()));
+    for i in 0..5 {
+        a.send(vec![rec(i)]).await.expect("accepted");
+    }
+    for sink in [SinkId::Parquet, SinkId::Postgres] {
+        let mut r = s.reader(sink).expect("reader");
+        let (_, end) = read_all(&mut r).await;
+        r.ack(end);
+    }
+    drop(a);
+    close(s).await;
+    let segs: Vec<u64> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("seg-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    assert!(segs[0] > 0, "the new segment starts where the log ended");
+    let (s, a, _) = open(cfg(dir.path()));
+    a.send(vec![rec(5)]).await.expect("accepted");
+    let mut r = s.reader(SinkId::Postgres).expect("reader");
+    assert_eq!(
+        read_all(&mut r).await.0,
+        ids(5..6),
+        "nothing replayed, nothing skipped"
+    );
+    drop(a);
+    close(s).await;
+}
