@@ -16,6 +16,9 @@ use thiserror::Error;
 
 use crate::join::identity::IdentityConfig;
 use crate::join::redact::DEFAULT_PARAMS;
+use crate::store::postgres::url::DatabaseUrl;
+use crate::store::postgres::PostgresConfig;
+use crate::store::spool::FsyncMode;
 
 pub const DEFAULT_ALS_ADDR: &str = "0.0.0.0:9000";
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9001";
@@ -79,7 +82,7 @@ pub struct ServeOptions {
     #[arg(long, env = "MESHAUDIT_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
 
-    /// Accepted messages held in memory before stream reads wait [default: 1024].
+    /// Messages queued for the spool writer before stream reads wait [default: 1024].
     #[arg(long, env = "MESHAUDIT_BUFFER_MESSAGES", value_name = "N")]
     pub buffer_messages: Option<usize>,
 
@@ -188,6 +191,49 @@ pub struct ServeOptions {
     /// Memory for cached token verifications, in MiB [default: 64].
     #[arg(long, env = "MESHAUDIT_TOKEN_CACHE_MIB", value_name = "MIB")]
     pub token_cache_mib: Option<u64>,
+    /// Postgres to write audit_records to, beside Parquet: postgres://USER:PASSWORD@HOST:PORT/DB.
+    /// Also read from DATABASE_URL (lowest precedence). Never logged with its password.
+    #[arg(
+        long,
+        env = "MESHAUDIT_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Apply the database migrations at start-up (needs a role that owns the schema) [default: false].
+    #[arg(long, env = "MESHAUDIT_MIGRATE_ON_START", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub migrate_on_start: Option<bool>,
+
+    /// Drop Postgres day partitions older than this many days; 0 keeps everything [default: 0].
+    #[arg(long, env = "MESHAUDIT_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u32>,
+
+    /// Records per Postgres transaction (one binary COPY each) [default: 5000].
+    #[arg(long, env = "MESHAUDIT_POSTGRES_BATCH_ROWS", value_name = "ROWS")]
+    pub postgres_batch_rows: Option<usize>,
+
+    /// Directory of the durable spool, on local disk [default: DATA_DIR/_spool].
+    #[arg(long, env = "MESHAUDIT_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Spool size at which ingest slows until the sinks catch up [default: 1073741824].
+    #[arg(long, env = "MESHAUDIT_SPOOL_MAX_BYTES", value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+
+    /// Size at which a spool segment file is closed and a new one started [default: 67108864].
+    #[arg(long, env = "MESHAUDIT_SPOOL_SEGMENT_BYTES", value_name = "BYTES")]
+    pub spool_segment_bytes: Option<u64>,
+
+    /// When an accepted batch is on disk: `interval` (written to the OS, fsync every
+    /// spool_fsync_interval_ms: a killed process loses nothing; a power loss up to one interval)
+    /// or `always` (fsynced before it is accepted: nothing is lost) [default: interval].
+    #[arg(long, env = "MESHAUDIT_SPOOL_FSYNC", value_name = "MODE")]
+    pub spool_fsync: Option<String>,
+
+    /// With spool_fsync = interval, the longest time between fsyncs, in ms [default: 100].
+    #[arg(long, env = "MESHAUDIT_SPOOL_FSYNC_INTERVAL_MS", value_name = "MS")]
+    pub spool_fsync_interval_ms: Option<u64>,
 }
 
 impl ServeOptions {
@@ -220,6 +266,17 @@ impl ServeOptions {
             jwks_timeout_ms: self.jwks_timeout_ms.or(file.jwks_timeout_ms),
             directory: self.directory.or(file.directory),
             token_cache_mib: self.token_cache_mib.or(file.token_cache_mib),
+            database_url: self.database_url.or(file.database_url),
+            migrate_on_start: self.migrate_on_start.or(file.migrate_on_start),
+            retention_days: self.retention_days.or(file.retention_days),
+            postgres_batch_rows: self.postgres_batch_rows.or(file.postgres_batch_rows),
+            spool_dir: self.spool_dir.or(file.spool_dir),
+            spool_max_bytes: self.spool_max_bytes.or(file.spool_max_bytes),
+            spool_segment_bytes: self.spool_segment_bytes.or(file.spool_segment_bytes),
+            spool_fsync: self.spool_fsync.or(file.spool_fsync),
+            spool_fsync_interval_ms: self
+                .spool_fsync_interval_ms
+                .or(file.spool_fsync_interval_ms),
         }
     }
 }
@@ -240,7 +297,17 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     pub log_json: bool,
     pub identity: IdentityConfig,
+    /// The Postgres sink, when a database URL is given.
+    pub postgres: Option<PostgresConfig>,
+    pub postgres_batch_rows: usize,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub spool_segment_bytes: u64,
+    pub spool_fsync: FsyncMode,
 }
+
+/// `DATABASE_URL` is honoured as the conventional fallback, below every meshaudit spelling.
+const DATABASE_URL_ENV: &str = "DATABASE_URL";
 
 impl ServeConfig {
     /// Merges flags/env over the config file, applies defaults and validates.
@@ -252,6 +319,29 @@ impl ServeConfig {
                 cli.or(file)
             }
             None => cli,
+        };
+        let database_url = opts.database_url.clone().or_else(|| {
+            std::env::var(DATABASE_URL_ENV)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(DatabaseUrl::new)
+        });
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let spool_fsync = match opts.spool_fsync.as_deref() {
+            None | Some("interval") => FsyncMode::Interval(Duration::from_millis(
+                opts.spool_fsync_interval_ms.unwrap_or(100),
+            )),
+            Some("always") => FsyncMode::Always,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "spool_fsync",
+                    format!("`{other}` is not a durability mode"),
+                    "use interval (the default: fsync every spool_fsync_interval_ms) or always (fsync before a batch is accepted)",
+                ))
+            }
         };
         let parse_addr = |s: &str| {
             s.parse::<SocketAddr>()
@@ -265,9 +355,11 @@ impl ServeConfig {
             admin_addr: opts
                 .admin_addr
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
-            data_dir: opts
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            spool_dir: opts
+                .spool_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("_spool")),
+            data_dir,
             max_message_bytes: opts.max_message_bytes.unwrap_or(4 << 20),
             buffer_messages: opts.buffer_messages.unwrap_or(1024),
             parquet_max_file_bytes: opts.parquet_max_file_bytes.unwrap_or(128 << 20),
@@ -290,7 +382,32 @@ impl ServeConfig {
                 }
             },
             identity,
+            postgres: database_url.map(|url| PostgresConfig {
+                url,
+                migrate_on_start: opts.migrate_on_start.unwrap_or(false),
+                retention_days: opts.retention_days.filter(|d| *d > 0),
+            }),
+            postgres_batch_rows: opts.postgres_batch_rows.unwrap_or(5000),
+            spool_max_bytes: opts.spool_max_bytes.unwrap_or(1 << 30),
+            spool_segment_bytes: opts.spool_segment_bytes.unwrap_or(64 << 20),
+            spool_fsync,
         };
+        if cfg.postgres.is_none() {
+            if opts.migrate_on_start == Some(true) {
+                return Err(ConfigError::invalid(
+                    "migrate_on_start",
+                    "is set but no database is configured",
+                    "set --database-url (or DATABASE_URL), or drop migrate_on_start",
+                ));
+            }
+            if opts.retention_days.is_some_and(|d| d > 0) {
+                return Err(ConfigError::invalid(
+                    "retention_days",
+                    "applies to Postgres partitions but no database is configured",
+                    "set --database-url (or DATABASE_URL), or drop retention_days",
+                ));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -340,6 +457,48 @@ impl ServeConfig {
                 format!("{} is outside zstd's levels", self.parquet_zstd_level),
                 "use a level from 1 to 22 (3 is the default)",
             ));
+        }
+        if let Some(pg) = &self.postgres {
+            if let Err(e) = crate::store::postgres::connect_options(&pg.url) {
+                return Err(ConfigError::invalid(
+                    "database_url",
+                    e.to_string(),
+                    "use postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+                ));
+            }
+        }
+        if self.postgres_batch_rows == 0 {
+            return Err(ConfigError::invalid(
+                "postgres_batch_rows",
+                "must be at least 1",
+                "use a value such as 5000",
+            ));
+        }
+        if self.spool_segment_bytes < 64 << 10 {
+            return Err(ConfigError::invalid(
+                "spool_segment_bytes",
+                format!("{} is too small", self.spool_segment_bytes),
+                "use at least 65536; the default is 67108864",
+            ));
+        }
+        if self.spool_max_bytes < 2 * self.spool_segment_bytes {
+            return Err(ConfigError::invalid(
+                "spool_max_bytes",
+                format!(
+                    "{} is less than two segments ({} bytes each)",
+                    self.spool_max_bytes, self.spool_segment_bytes
+                ),
+                "raise spool_max_bytes (default 1073741824) or lower spool_segment_bytes",
+            ));
+        }
+        if let FsyncMode::Interval(every) = self.spool_fsync {
+            if every.is_zero() || every > Duration::from_secs(10) {
+                return Err(ConfigError::invalid(
+                    "spool_fsync_interval_ms",
+                    format!("{} ms is outside 1..=10000", every.as_millis()),
+                    "use a value such as 100, or spool_fsync = always",
+                ));
+            }
         }
         if self.redact_params.iter().any(|p| p.trim().is_empty()) {
             return Err(ConfigError::invalid(
@@ -703,6 +862,63 @@ mod tests {
                 ..Default::default()
             },
             "--token-cache-mib",
+        );
+    }
+
+    #[test]
+    fn storage_settings_are_validated_with_a_fix() {
+        let base = || ServeConfig::resolve(ServeOptions::default()).expect("defaults are valid");
+        assert_eq!(
+            base().spool_fsync,
+            FsyncMode::Interval(Duration::from_millis(100))
+        );
+        let err = ServeConfig::resolve(ServeOptions {
+            spool_fsync: Some("sometimes".into()),
+            ..Default::default()
+        })
+        .expect_err("bad mode")
+        .to_string();
+        assert!(
+            err.contains("--spool-fsync") && err.contains("always"),
+            "{err}"
+        );
+        let cfg = ServeConfig {
+            spool_max_bytes: 1 << 20,
+            ..base()
+        };
+        let err = cfg
+            .validate()
+            .expect_err("bound below two segments")
+            .to_string();
+        assert!(
+            err.contains("MESHAUDIT_SPOOL_MAX_BYTES") && err.contains("Fix:"),
+            "{err}"
+        );
+        let err = ServeConfig::resolve(ServeOptions {
+            retention_days: Some(30),
+            ..Default::default()
+        });
+        // Without a database (unless the environment names one), retention has nothing to act on.
+        if std::env::var_os("DATABASE_URL").is_none() {
+            let err = err.expect_err("no database").to_string();
+            assert!(
+                err.contains("--retention-days") && err.contains("--database-url"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_database_password_never_shows_in_debug_output() {
+        let opts = ServeOptions {
+            database_url: Some(DatabaseUrl::new("postgres://audit:hunter2@db/mesh")),
+            ..Default::default()
+        };
+        let cfg = ServeConfig::resolve(opts.clone()).expect("valid");
+        let shown = format!("{opts:?} {cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("audit:****@db"),
+            "{shown}"
         );
     }
 

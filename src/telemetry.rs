@@ -60,6 +60,8 @@ pub struct Metrics {
     pub jwks_key_waits: AtomicU64,
     pub directory_reloads: AtomicU64,
     pub directory_reload_errors: AtomicU64,
+    /// The spool's and the sinks' series.
+    pub store: Arc<crate::store::metrics::StoreMetrics>,
     batch_write_histogram: std::sync::OnceLock<Histogram<f64>>,
 }
 
@@ -244,6 +246,7 @@ impl Metrics {
             "# TYPE meshaudit_sink_batch_write_seconds_sum counter\nmeshaudit_sink_batch_write_seconds_sum {:.6}",
             self.batch_write_seconds_sum_micros.load(Relaxed) as f64 / 1e6
         );
+        self.store.render(&mut out);
         out
     }
 }

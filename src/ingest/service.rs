@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, StdError};
@@ -27,14 +26,14 @@ use super::wire::stream_access_logs_message::LogEntries;
 use super::wire::StreamAccessLogsMessage;
 use crate::join::{Joiner, StreamContext};
 use crate::record::id::EntryType;
-use crate::record::AuditRecord;
 use crate::telemetry::{Metrics, Rejection};
 
 pub const SERVICE_NAME: &str = "envoy.service.accesslog.v3.AccessLogService";
 pub const METHOD_PATH: &str = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs";
 
-/// Where accepted records go: one batch per ALS message.
-pub type RecordSender = mpsc::Sender<Vec<AuditRecord>>;
+/// Where accepted records go: one batch per ALS message. `send` returns once the batch is
+/// durable in the spool; only then is it accepted.
+pub type RecordSender = crate::store::spool::Appender;
 
 /// Reads ALS streams. Shared by every stream.
 pub struct StreamHandler {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod jwt;
+pub mod pg;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
