@@ -82,7 +82,7 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
             segment_bytes: cfg.spool_segment_bytes,
             fsync: cfg.spool_fsync,
             queue_batches: cfg.buffer_messages,
-            sinks,
+            sinks: sinks.clone(),
         },
         Arc::clone(&metrics.store),
         tokio::runtime::Handle::current(),
@@ -126,6 +126,7 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         let state = AdminState {
             ready: Arc::clone(&ready),
             metrics: Arc::clone(&metrics),
+            sinks,
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {

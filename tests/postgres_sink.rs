@@ -604,6 +604,11 @@ fn a_long_outage_fills_the_spool_to_its_bound_and_slows_ingest_loudly() {
     assert!(c.output().contains("SPOOL FULL"), "{}", c.output());
     assert!(c.metric("meshaudit_spool_bytes") >= 262_144);
     assert!(c.metric("meshaudit_spool_full_waits_total") >= 1);
+    // Unready while full, so a Service sends new streams to other replicas; still alive.
+    let readyz = http_get(c.admin_addr, "/readyz").expect("admin answers");
+    assert_eq!(readyz.0, 503, "{readyz:?}");
+    assert!(readyz.1.contains("spool full"), "{readyz:?}");
+    assert_eq!(http_get(c.admin_addr, "/healthz").map(|r| r.0), Some(200));
 
     pg.start_server();
     runtime
@@ -616,6 +621,7 @@ fn a_long_outage_fills_the_spool_to_its_bound_and_slows_ingest_loudly() {
     wait_for("the spool to have room", Duration::from_secs(10), || {
         c.metric("meshaudit_spool_full") == 0
     });
+    assert_eq!(http_get(c.admin_addr, "/readyz").map(|r| r.0), Some(200));
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
     assert_eq!(pg.count("spoolfull", DISTINCT), 1500);

@@ -32,6 +32,8 @@ pub struct SinkMetrics {
     pub lag_bytes: AtomicU64,
     /// Failed writes that will be retried.
     pub retries: AtomicU64,
+    /// 1 once the sink's driver has ended (at shutdown, or because it panicked).
+    pub driver_exited: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +42,8 @@ pub struct StoreMetrics {
     pub spool_bytes: AtomicU64,
     /// 1 while the spool is at its bound and ingest waits.
     pub spool_full: AtomicU64,
+    /// 1 once an fsync failed: the spool refuses every batch until a restart.
+    pub spool_failed: AtomicU64,
     /// Times ingest had to wait because the spool was full.
     pub spool_full_waits: AtomicU64,
     pub spool_records_appended: AtomicU64,
@@ -60,6 +64,21 @@ impl StoreMetrics {
         &self.sinks[id.index()]
     }
 
+    /// Why the store cannot take records now, if it cannot: what `/readyz` reports. `sinks`
+    /// are the sinks configured (a sink that is not configured has no driver).
+    pub fn unavailable(&self, sinks: &[SinkId]) -> Option<&'static str> {
+        if self.spool_failed.load(Relaxed) != 0 {
+            return Some("spool fsync failed; restart the collector");
+        }
+        if self.spool_full.load(Relaxed) != 0 {
+            return Some("spool full; a sink is behind");
+        }
+        if sinks.iter().any(|s| self.sink(*s).driver_exited.load(Relaxed) != 0) {
+            return Some("a sink driver stopped");
+        }
+        None
+    }
+
     /// Prometheus text exposition of the store's series.
     pub fn render(&self, out: &mut String) {
         let g = |a: &AtomicU64| a.load(Relaxed);
@@ -78,6 +97,11 @@ impl StoreMetrics {
             "spool_full",
             "1 while the spool is at --spool-max-bytes and ingest is slowed",
             g(&self.spool_full),
+        );
+        gauge(
+            "spool_failed",
+            "1 after a failed spool fsync: every batch is refused until a restart",
+            g(&self.spool_failed),
         );
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -122,7 +146,13 @@ impl StoreMetrics {
             g(&self.postgres_rows_duplicate),
         );
         type Series<'a> = (&'a str, &'a str, &'a str, fn(&SinkMetrics) -> &AtomicU64);
-        let series: [Series; 2] = [
+        let series: [Series; 3] = [
+            (
+                "sink_driver_exited",
+                "gauge",
+                "1 once the sink's driver has ended (shutdown, or a panic)",
+                |s| &s.driver_exited,
+            ),
             (
                 "sink_lag_bytes",
                 "gauge",

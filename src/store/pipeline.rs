@@ -27,6 +27,16 @@ const TICK: Duration = Duration::from_millis(500);
 const BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Marks a sink driver as ended when dropped, which also happens when it panics: `/readyz` then
+/// reports the collector unready instead of accepting records no sink will take.
+struct ExitFlag<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for ExitFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(1, Relaxed);
+    }
+}
+
 pub struct Pipeline {
     /// Where ingest hands accepted batches.
     pub appender: Appender,
@@ -66,6 +76,7 @@ pub fn start(
         std::thread::Builder::new()
             .name("meshaudit-parquet".into())
             .spawn(move || {
+                let _exited = ExitFlag(&metrics.store.sink(SinkId::Parquet).driver_exited);
                 run_parquet(parquet, reader, row_group_rows, &metrics, &stop, &rt);
                 let _ = done_tx.send(());
             })?;
@@ -227,6 +238,8 @@ async fn run_postgres(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let store = Arc::clone(&metrics.store);
+    let _exited = ExitFlag(&store.sink(SinkId::Postgres).driver_exited);
     let mut failures: u32 = 0;
     let mut backoff = BACKOFF;
     loop {

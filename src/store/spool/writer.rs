@@ -276,6 +276,7 @@ impl Writer {
                 self.shared.metrics.spool_write_errors.fetch_add(1, Relaxed);
                 error!(error = %e, "spool fsync failed; refusing all batches until the collector is restarted (it then replays what reached the disk)");
                 self.failed = true;
+                self.shared.metrics.spool_failed.store(1, Relaxed);
             }
         }
     }
