@@ -35,10 +35,16 @@ pub fn router(state: AdminState) -> Router {
 /// Kubernetes Service sends new streams to other replicas; `/healthz` stays green meanwhile.
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or draining\n".to_owned(),
+        );
     }
     match s.metrics.store.unavailable(&s.sinks) {
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
         None => (StatusCode::OK, "ready\n".to_owned()),
     }
 }

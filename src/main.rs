@@ -100,7 +100,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
         }
         Command::BenchCeilings(opts) => {
-            let ceilings = meshaudit::ceiling::run(&opts).context("meshaudit bench-ceilings failed")?;
+            let ceilings =
+                meshaudit::ceiling::run(&opts).context("meshaudit bench-ceilings failed")?;
             println!("{}", serde_json::to_string(&ceilings)?);
         }
     }

@@ -668,3 +668,39 @@ fn the_benchmark_hook_reports_both_rates_and_leaves_nothing_behind() {
         "the throwaway schema is dropped"
     );
 }
+
+#[test]
+fn records_reach_a_postgres_that_accepts_tls_only() {
+    let pg = PgCluster::start();
+    let url = pg.create_db("tlsonly");
+    let ca = pg.enable_tls();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Plaintext is refused by the server: the collector must say so at start-up.
+    let (ok, out) = meshaudit(&[
+        "migrate",
+        "--database-url",
+        &format!("{url}?sslmode=disable"),
+    ]);
+    assert!(!ok, "a plaintext connection must be refused:\n{out}");
+    let tls_url = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let c = Collector::start(
+        dir.path(),
+        &["--database-url", &tls_url, "--migrate-on-start"],
+    );
+    rt().block_on(async {
+        stream(
+            &c.als_url(),
+            vec![http_message(
+                Some(identifier(NODE_ID, LOG_NAME)),
+                (0..10).map(http_entry).collect(),
+            )],
+        )
+        .await
+        .expect("accepted")
+    });
+    wait_for("10 rows over TLS", Duration::from_secs(30), || {
+        pg.count("tlsonly", COUNT) == 10
+    });
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+}

@@ -73,7 +73,10 @@ impl StoreMetrics {
         if self.spool_full.load(Relaxed) != 0 {
             return Some("spool full; a sink is behind");
         }
-        if sinks.iter().any(|s| self.sink(*s).driver_exited.load(Relaxed) != 0) {
+        if sinks
+            .iter()
+            .any(|s| self.sink(*s).driver_exited.load(Relaxed) != 0)
+        {
             return Some("a sink driver stopped");
         }
         None

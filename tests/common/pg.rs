@@ -171,6 +171,90 @@ impl PgCluster {
         );
     }
 
+    /// Turns TLS on with a fresh test CA and a server certificate for 127.0.0.1 (IP SAN) and accepts
+    /// TCP connections over TLS only (`hostssl`), so a plaintext client is refused. Returns the
+    /// CA certificate's path, to be used as a client's `sslrootcert`.
+    pub fn enable_tls(&self) -> PathBuf {
+        let (crt, key) = (
+            self.data().join("server.crt"),
+            self.data().join("server.key"),
+        );
+        let (ca_crt, ca_key) = (self.dir.join("ca.pem"), self.dir.join("ca.key"));
+        let csr = self.dir.join("server.csr");
+        let ext = self.dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .expect("ext");
+        let openssl = |what: &str, args: Vec<std::ffi::OsString>| {
+            check(what, Command::new("openssl").args(args).output());
+        };
+        let os = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let p = |p: &PathBuf| p.clone().into_os_string();
+        // A CA, and a server certificate it signs (rustls refuses a CA certificate as a leaf).
+        let mut a = os(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=meshaudit test CA",
+            "-keyout",
+        ]);
+        a.extend([p(&ca_key), "-out".into(), p(&ca_crt)]);
+        openssl("openssl CA", a);
+        let mut a = os(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ]);
+        a.extend([p(&key), "-out".into(), p(&csr)]);
+        openssl("openssl CSR", a);
+        let mut a = os(&["x509", "-req", "-days", "1", "-CAcreateserial", "-in"]);
+        a.extend([
+            p(&csr),
+            "-CA".into(),
+            p(&ca_crt),
+            "-CAkey".into(),
+            p(&ca_key),
+            "-extfile".into(),
+            p(&ext),
+            "-out".into(),
+            p(&crt),
+        ]);
+        openssl("openssl sign", a);
+        if self.as_root {
+            check(
+                "chown cert",
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&crt)
+                    .arg(&key)
+                    .output(),
+            );
+        }
+        check(
+            "chmod key",
+            Command::new("chmod").arg("600").arg(&key).output(),
+        );
+        let hba = format!(
+            "hostssl all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\nhostssl all all 127.0.0.1/32 trust\nlocal all all trust\n"
+        );
+        std::fs::write(self.data().join("pg_hba.conf"), hba).expect("pg_hba.conf");
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.stop_server();
+        self.start_server();
+        ca_crt
+    }
+
     /// Stops the server at once (no checkpoint), like a crash or an outage.
     pub fn stop_server(&self) {
         check(

@@ -71,7 +71,7 @@ pub enum PgError {
         context: &'static str,
         reason: String,
     },
-    #[error("cannot open a TLS connection to Postgres at {target}: {reason}. Fix: this build has no TLS client; connect over a private network or a local TLS proxy with sslmode=disable or prefer")]
+    #[error("cannot open a TLS connection to Postgres at {target}: {reason}. Fix: check sslmode in --database-url; for a private CA add sslrootcert=/path/ca.pem; sslmode=verify-full also checks the host name")]
     Tls { target: String, reason: String },
     #[error("timed out after {0:?} connecting to Postgres at {1}. Fix: check the host and port in --database-url and network policies")]
     Timeout(Duration, String),
@@ -113,6 +113,10 @@ fn classify_connect(e: sqlx::Error, opts: &PgConnectOptions) -> PgError {
             },
         },
         sqlx::Error::Tls(_) => PgError::Tls { target, reason },
+        // rustls reports a rejected server certificate as an I/O error of the handshake.
+        sqlx::Error::Io(e) if e.to_string().contains("certificate") => {
+            PgError::Tls { target, reason }
+        }
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => PgError::Unreachable { target, reason },
         _ => PgError::Query {
             context: "connecting",
