@@ -128,6 +128,9 @@ impl StreamHandler {
             }
             self.metrics.messages_received.fetch_add(1, Relaxed);
             self.metrics.entries_received.fetch_add(n, Relaxed);
+            self.metrics
+                .accept_latency
+                .record(now_micros() - received_at, n);
         }
     }
 
