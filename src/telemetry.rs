@@ -385,6 +385,45 @@ pub fn init_otel(
             })
             .build();
     }
+    // The store's series (spool, sink lag, retries, Postgres rows), from the same list that
+    // /metrics renders.
+    let mut store_names: Vec<(&'static str, crate::store::metrics::Kind, &'static str)> =
+        Vec::new();
+    for s in metrics.store.series() {
+        if !store_names.iter().any(|(n, _, _)| *n == s.name) {
+            store_names.push((s.name, s.kind, s.help));
+        }
+    }
+    for (name, kind, help) in store_names {
+        let m = Arc::clone(metrics);
+        let observe = move |obs: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+            for s in m.store.series().into_iter().filter(|s| s.name == name) {
+                let attrs: Vec<KeyValue> = s
+                    .sink
+                    .map(|k| KeyValue::new("sink", k))
+                    .into_iter()
+                    .collect();
+                obs.observe(s.value, &attrs);
+            }
+        };
+        let otel_name = format!("meshaudit.{}", name.replace('_', "."));
+        match kind {
+            crate::store::metrics::Kind::Gauge => {
+                meter
+                    .u64_observable_gauge(otel_name)
+                    .with_description(help)
+                    .with_callback(move |o| observe(o))
+                    .build();
+            }
+            crate::store::metrics::Kind::Counter => {
+                meter
+                    .u64_observable_counter(otel_name)
+                    .with_description(help)
+                    .with_callback(move |o| observe(o))
+                    .build();
+            }
+        }
+    }
     let _ = metrics.batch_write_histogram.set(
         meter
             .f64_histogram("meshaudit.sink.batch.write.duration")

@@ -26,6 +26,25 @@ impl SinkId {
     }
 }
 
+/// Whether a series only grows or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// One value of one series, as exported.
+#[derive(Debug, Clone, Copy)]
+pub struct Series {
+    /// Without the `meshaudit_` prefix and the `_total` suffix.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// The `sink` label, for per-sink series.
+    pub sink: Option<&'static str>,
+    pub value: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct SinkMetrics {
     /// Spooled bytes this sink has not yet acknowledged as durable.
@@ -82,105 +101,147 @@ impl StoreMetrics {
         None
     }
 
-    /// Prometheus text exposition of the store's series.
-    pub fn render(&self, out: &mut String) {
+    /// Every series of the store, once: `/metrics` and OTLP export both read this list.
+    pub fn series(&self) -> Vec<Series> {
         let g = |a: &AtomicU64| a.load(Relaxed);
-        let mut gauge = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP meshaudit_{name} {help}\n# TYPE meshaudit_{name} gauge\nmeshaudit_{name} {v}"
-            );
+        let one = |name, kind, help, value| Series {
+            name,
+            kind,
+            help,
+            sink: None,
+            value,
         };
-        gauge(
-            "spool_bytes",
-            "bytes in spool segments on disk",
-            g(&self.spool_bytes),
+        let mut out = vec![
+            one(
+                "spool_bytes",
+                Kind::Gauge,
+                "bytes in spool segments on disk",
+                g(&self.spool_bytes),
+            ),
+            one(
+                "spool_full",
+                Kind::Gauge,
+                "1 while the spool is at --spool-max-bytes and ingest is slowed",
+                g(&self.spool_full),
+            ),
+            one(
+                "spool_failed",
+                Kind::Gauge,
+                "1 after a failed spool fsync: every batch is refused until a restart",
+                g(&self.spool_failed),
+            ),
+            one(
+                "spool_full_waits",
+                Kind::Counter,
+                "times ingest waited for spool space",
+                g(&self.spool_full_waits),
+            ),
+            one(
+                "spool_records_appended",
+                Kind::Counter,
+                "records made durable in the spool",
+                g(&self.spool_records_appended),
+            ),
+            one(
+                "spool_fsyncs",
+                Kind::Counter,
+                "spool fsyncs",
+                g(&self.spool_fsyncs),
+            ),
+            one(
+                "spool_write_errors",
+                Kind::Counter,
+                "failed spool appends",
+                g(&self.spool_write_errors),
+            ),
+            one(
+                "spool_corrupt_frames",
+                Kind::Counter,
+                "damaged spool frames skipped (disk corruption)",
+                g(&self.spool_corrupt_frames),
+            ),
+            one(
+                "spool_truncated_bytes",
+                Kind::Counter,
+                "bytes of torn tail cut at start-up",
+                g(&self.spool_truncated_bytes),
+            ),
+            one(
+                "postgres_rows_inserted",
+                Kind::Counter,
+                "rows inserted into audit_records",
+                g(&self.postgres_rows_inserted),
+            ),
+            one(
+                "postgres_rows_duplicate",
+                Kind::Counter,
+                "rows already present in audit_records (replays, re-sends)",
+                g(&self.postgres_rows_duplicate),
+            ),
+        ];
+        type PerSink = (
+            &'static str,
+            Kind,
+            &'static str,
+            fn(&SinkMetrics) -> &AtomicU64,
         );
-        gauge(
-            "spool_full",
-            "1 while the spool is at --spool-max-bytes and ingest is slowed",
-            g(&self.spool_full),
-        );
-        gauge(
-            "spool_failed",
-            "1 after a failed spool fsync: every batch is refused until a restart",
-            g(&self.spool_failed),
-        );
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP meshaudit_{name}_total {help}\n# TYPE meshaudit_{name}_total counter\nmeshaudit_{name}_total {v}"
-            );
-        };
-        counter(
-            "spool_full_waits",
-            "times ingest waited for spool space",
-            g(&self.spool_full_waits),
-        );
-        counter(
-            "spool_records_appended",
-            "records made durable in the spool",
-            g(&self.spool_records_appended),
-        );
-        counter("spool_fsyncs", "spool fsyncs", g(&self.spool_fsyncs));
-        counter(
-            "spool_write_errors",
-            "failed spool appends",
-            g(&self.spool_write_errors),
-        );
-        counter(
-            "spool_corrupt_frames",
-            "damaged spool frames skipped (disk corruption)",
-            g(&self.spool_corrupt_frames),
-        );
-        counter(
-            "spool_truncated_bytes",
-            "bytes of torn tail cut at start-up",
-            g(&self.spool_truncated_bytes),
-        );
-        counter(
-            "postgres_rows_inserted",
-            "rows inserted into audit_records",
-            g(&self.postgres_rows_inserted),
-        );
-        counter(
-            "postgres_rows_duplicate",
-            "rows already present in audit_records (replays, re-sends)",
-            g(&self.postgres_rows_duplicate),
-        );
-        type Series<'a> = (&'a str, &'a str, &'a str, fn(&SinkMetrics) -> &AtomicU64);
-        let series: [Series; 3] = [
+        let per_sink: [PerSink; 3] = [
             (
                 "sink_driver_exited",
-                "gauge",
+                Kind::Gauge,
                 "1 once the sink's driver has ended (shutdown, or a panic)",
                 |s| &s.driver_exited,
             ),
             (
                 "sink_lag_bytes",
-                "gauge",
+                Kind::Gauge,
                 "spooled bytes the sink has not acknowledged",
                 |s| &s.lag_bytes,
             ),
             (
-                "sink_retries_total",
-                "counter",
+                "sink_retries",
+                Kind::Counter,
                 "failed sink writes that are retried",
                 |s| &s.retries,
             ),
         ];
-        for (name, kind, help, get) in series {
-            let _ = writeln!(
-                out,
-                "# HELP meshaudit_{name} {help}\n# TYPE meshaudit_{name} {kind}"
-            );
+        for (name, kind, help, get) in per_sink {
             for id in SinkId::ALL {
-                let _ = writeln!(
-                    out,
-                    "meshaudit_{name}{{sink=\"{}\"}} {}",
-                    id.name(),
-                    g(get(self.sink(id)))
-                );
+                out.push(Series {
+                    name,
+                    kind,
+                    help,
+                    sink: Some(id.name()),
+                    value: g(get(self.sink(id))),
+                });
+            }
+        }
+        out
+    }
+
+    /// Prometheus text exposition of the store's series (counters end in `_total`).
+    pub fn render(&self, out: &mut String) {
+        let mut last = "";
+        for s in self.series() {
+            let name = match s.kind {
+                Kind::Gauge => format!("meshaudit_{}", s.name),
+                Kind::Counter => format!("meshaudit_{}_total", s.name),
+            };
+            if s.name != last {
+                let kind = match s.kind {
+                    Kind::Gauge => "gauge",
+                    Kind::Counter => "counter",
+                };
+                let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", s.help);
+                last = s.name;
+            }
+            match s.sink {
+                Some(sink) => {
+                    let _ = writeln!(out, "{name}{{sink=\"{sink}\"}} {}", s.value);
+                }
+                None => {
+                    let _ = writeln!(out, "{name} {}", s.value);
+                }
             }
         }
     }
