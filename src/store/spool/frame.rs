@@ -23,24 +23,24 @@ pub const HEADER_LEN: usize = 8;
 /// frame to allocate for. One frame holds one ALS message's records, far below this.
 pub const MAX_PAYLOAD: usize = 256 << 20;
 
-const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// Slice-by-16 tables: the same CRC-32C as the byte-at-a-time default, several times faster
+/// (the checksum was most of this module's cost in a profile of the collector under load).
+const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// Encodes `records` as one complete frame (header included). Runs in the ingest task that
 /// accepted the batch, so the spool writer only copies bytes.
 pub fn encode(records: &[AuditRecord]) -> Vec<u8> {
-    let payload_len: usize = records
+    // Each record's length is computed once (encode_length_delimited would compute it again).
+    let lens: Vec<usize> = records.iter().map(Message::encoded_len).collect();
+    let payload_len: usize = lens
         .iter()
-        .map(|r| {
-            let n = r.encoded_len();
-            n + prost::length_delimiter_len(n)
-        })
+        .map(|n| n + prost::length_delimiter_len(*n))
         .sum();
     let mut buf = Vec::with_capacity(HEADER_LEN + payload_len);
     buf.extend_from_slice(&[0; HEADER_LEN]);
-    for r in records {
-        // Encoding into a Vec cannot run out of space.
-        r.encode_length_delimited(&mut buf)
-            .expect("a Vec grows as needed");
+    for (r, n) in records.iter().zip(lens) {
+        prost::encoding::encode_varint(n as u64, &mut buf);
+        r.encode_raw(&mut buf);
     }
     let len = (buf.len() - HEADER_LEN) as u32;
     buf[..4].copy_from_slice(&len.to_le_bytes());
@@ -140,5 +140,17 @@ mod tests {
         }
         // Zeroed tail, as a file system may leave after a crash.
         assert_eq!(peek(&[0u8; 64]), Peek::Torn);
+    }
+}
+
+#[cfg(test)]
+mod crc_tests {
+    /// The CRC-32C check value: the table layout must not change what is written to disk.
+    #[test]
+    fn slice_by_16_is_the_standard_crc32c() {
+        assert_eq!(super::CRC.checksum(b"123456789"), 0xE306_9283);
+        let bytewise = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        assert_eq!(super::CRC.checksum(&data), bytewise.checksum(&data));
     }
 }
