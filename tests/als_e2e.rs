@@ -7,14 +7,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[test]
 fn http_and_tcp_entries_over_concurrent_streams_land_in_parquet() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -30,14 +30,6 @@ fn v2_iss(tid: &str) -> String {
     format!("https://login.microsoftonline.com/{tid}/v2.0")
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// The harness's request time, in the seconds tokens use.
 const T: i64 = START_SECS;
 

@@ -14,14 +14,6 @@ use common::*;
 use meshaudit::record::{ColumnType, COLUMNS};
 use serde_json::Value;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Polls `cond` every 100 ms (each poll may run psql); panics with `what` after `timeout`.
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -349,8 +341,7 @@ fn meshaudit(args: &[&str]) -> (bool, String) {
 
 /// `meshaudit serve` that must fail at start-up: returns its output.
 fn serve_fails(data_dir: &Path, url: &str) -> String {
-    let als = free_addr().to_string();
-    let admin = free_addr().to_string();
+    let [als, admin] = free_addrs::<2>().map(|a| a.to_string());
     let (ok, out) = meshaudit(&[
         "serve",
         "--als-addr",
