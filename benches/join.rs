@@ -71,7 +71,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("record_id_100_entries", |b| {
         b.iter(|| {
             for e in &entries {
-                black_box(meshaudit::record::id::record_id(b"node", b"log", EntryType::Http, e));
+                black_box(meshaudit::record::id::record_id(
+                    b"node",
+                    b"log",
+                    EntryType::Http,
+                    e,
+                ));
             }
         })
     });
