@@ -104,7 +104,7 @@ impl Compiler<'_> {
                     // COLLATE "C": byte order, whatever the database's collation, so that the
                     // same set of roles is always the same array (and the same group).
                     Dialect::Postgres => format!(
-                        "ARRAY(SELECT DISTINCT x FROM unnest(r.{c}) AS x \
+                        "ARRAY(SELECT x FROM (SELECT DISTINCT unnest(r.{c}) AS x) AS u \
                          WHERE x = ANY({ph}) ORDER BY x COLLATE \"C\")"
                     ),
                     Dialect::DuckDb { .. } => format!(
