@@ -100,7 +100,11 @@ impl<'a> Cols<'a> {
             ColRef::List(l, values) if l.is_valid(row) => {
                 let offsets = l.value_offsets();
                 let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
-                Some((start..end).filter_map(move |i| values.is_valid(i).then(|| values.value(i))))
+                Some(
+                    (start..end)
+                        .filter(move |&i| values.is_valid(i))
+                        .map(move |i| values.value(i)),
+                )
             }
             _ => None,
         }
@@ -332,21 +336,23 @@ impl CSection {
                 .collect()
         });
         for (m, acc) in self.measures.iter().zip(accs.iter_mut()) {
-            match (m, acc) {
-                (CMeasure::Records(f), Acc::Count(n)) => {
-                    if f.as_ref().is_none_or(|f| f.holds(cols, row)) {
-                        *n += 1;
-                    }
-                }
-                (CMeasure::Distinct(s, f), Acc::Distinct(set)) => {
-                    if f.as_ref().is_none_or(|f| f.holds(cols, row)) {
-                        if let Some(v) = cols.text(*s, row) {
-                            if !set.contains(v) {
-                                set.insert(v.to_owned());
-                            }
+            let (filter, distinct) = match m {
+                CMeasure::Records(f) => (f, None),
+                CMeasure::Distinct(s, f) => (f, Some(*s)),
+            };
+            if !filter.as_ref().is_none_or(|f| f.holds(cols, row)) {
+                continue;
+            }
+            match (acc, distinct) {
+                (Acc::Count(n), None) => *n += 1,
+                (Acc::Distinct(set), Some(s)) => {
+                    if let Some(v) = cols.text(s, row) {
+                        if !set.contains(v) {
+                            set.insert(v.to_owned());
                         }
                     }
                 }
+                // Accumulators are built from the same measures, in the same order.
                 _ => {}
             }
         }

@@ -56,6 +56,7 @@ tfoot td { font-weight: 600; background: var(--bg-alt); }
 .null { color: var(--muted); font-style: italic; }
 pre { background: var(--bg-alt); border: 1px solid var(--line); padding: 8px; font-size: 12px;
       white-space: pre-wrap; overflow-wrap: anywhere; }
+svg { max-width: 100%; height: auto; }
 svg text { font: 11px system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill: var(--fg); }
 .note { border-left: 4px solid var(--muted); padding: 4px 12px; background: var(--bg-alt); }
 nav ol { padding-left: 20px; }

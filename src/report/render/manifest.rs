@@ -68,7 +68,10 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         let e = entry("a.csv", b"abc");
-        assert_eq!(sums(&[e.clone()]), format!("{}  a.csv\n", e.sha256));
+        assert_eq!(
+            sums(std::slice::from_ref(&e)),
+            format!("{}  a.csv\n", e.sha256)
+        );
         assert!(json(&[e], "t").contains("\"bytes\": 3"));
     }
 }
