@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::jwt::*;
-use common::pg::PgCluster;
+use common::pg::{PgCluster, PASSWORD, PASSWORD_USER};
 use common::*;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry;
@@ -835,6 +835,25 @@ fn postgres_and_parquet_reports_agree_and_match_the_inputs() {
             "{name}"
         );
     }
+
+    // A least-privilege role (SELECT only) with a password: same numbers, and the password is
+    // in no file the report wrote, nor in what it printed.
+    pg.psql(
+        "report",
+        &format!("GRANT SELECT ON audit_records TO {PASSWORD_USER}"),
+    );
+    let pw_url = format!(
+        "postgres://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{}/report",
+        pg.port
+    );
+    let out_pw = tmp.path().join("out-pw");
+    let printed = run(&out_pw, ["--database-url", &pw_url], &[]);
+    assert_eq!(numbers(&load(&out_pw)), numbers(&from_pg));
+    assert!(!printed.to_string().contains(PASSWORD));
+    assert!(
+        !any_file_contains(&out_pw, PASSWORD.as_bytes()),
+        "password in the report"
+    );
 
     // At-least-once: every Parquet file of the range written twice (a crash replay) changes
     // no number, and the duplicates are accounted for.
