@@ -33,6 +33,9 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
         database_url: DatabaseUrl,
     },
+    /// Write an access report for SOC 2 auditors (HTML, CSV, JSON and a SHA-256 manifest) over
+    /// a time range, from Postgres (--database-url) or the Parquet files (--data-dir).
+    Report(meshaudit::report::ReportOptions),
     /// In-process ceilings of join and Parquet encoding on one core (used by scripts/bench).
     #[command(hide = true)]
     BenchCeilings(meshaudit::ceiling::CeilingOptions),
@@ -98,6 +101,13 @@ fn main() -> anyhow::Result<()> {
                 .block_on(meshaudit::loadgen::run(&opts))
                 .context("meshaudit loadgen failed")?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Report(opts) => {
+            meshaudit::telemetry::init_logging(false);
+            let summary = runtime()?
+                .block_on(meshaudit::report::run(opts))
+                .context("meshaudit report failed")?;
+            println!("{}", serde_json::to_string(&summary)?);
         }
         Command::BenchCeilings(opts) => {
             let ceilings =
