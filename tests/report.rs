@@ -39,13 +39,6 @@ const XSS_ROLE: &str = "<img src=x onerror=alert(1)>";
 /// 2026-03-02T10:00:00Z: the report's --from; the harness's START_SECS is 10:15:04.
 const FROM_SECS: i64 = 1_772_445_600;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn pb_struct(v: Value) -> Struct {
     match to_pb(&v).kind {
