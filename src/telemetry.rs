@@ -35,6 +35,14 @@ impl Rejection {
     }
 }
 
+/// One counter value: name (without `meshaudit_` and `_total`), help, labels, value.
+type Counter = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u64,
+);
+
 /// Receive-to-accepted latency of records: from the moment their message is read to the moment
 /// the spool has taken the batch, which is durable (fsynced) with `--spool-fsync always` and
 /// written, fsynced within the interval, otherwise. Fixed logarithmic buckets of atomics
@@ -148,14 +156,7 @@ impl Metrics {
         }
     }
 
-    fn counters(
-        &self,
-    ) -> [(
-        &'static str,
-        &'static str,
-        &[(&'static str, &'static str)],
-        u64,
-    ); 19] {
+    fn counters(&self) -> [Counter; 19] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (

@@ -39,7 +39,6 @@ const XSS_ROLE: &str = "<img src=x onerror=alert(1)>";
 /// 2026-03-02T10:00:00Z: the report's --from; the harness's START_SECS is 10:15:04.
 const FROM_SECS: i64 = 1_772_445_600;
 
-
 fn pb_struct(v: Value) -> Struct {
     match to_pb(&v).kind {
         Some(Kind::StructValue(s)) => s,

@@ -130,7 +130,7 @@ impl Suite {
             .collect()
     }
 
-    /// 1. The whole seed, every filter on All: shape, data in every column, and the same rows
+    /// Step 1: the whole seed, every filter on All: shape, data in every column, and the same rows
     /// as the query without its filters. Returns the results by query.
     async fn whole_seed(&mut self, d: &Dash) -> BTreeMap<String, Table> {
         let ctx = ctx_for(d, self.from, self.to, "15m", &[]);
@@ -169,7 +169,7 @@ impl Suite {
         results
     }
 
-    /// 2. Each selection equals the filter-free query on the oracle view of the selected rows,
+    /// Step 2: each selection equals the filter-free query on the oracle view of the selected rows,
     /// and changes something.
     async fn selected(
         &mut self,
@@ -213,7 +213,7 @@ impl Suite {
         }
     }
 
-    /// 3. A window of the crafted day reads that day's partition and no other.
+    /// Step 3: a window of the crafted day reads that day's partition and no other.
     async fn pruned(&mut self, d: &Dash, seed: &Seed, existing: &BTreeSet<String>) {
         let from = seed.crafted_from - chrono::Duration::minutes(10);
         let to = seed.crafted_to + chrono::Duration::minutes(10);
@@ -239,7 +239,7 @@ impl Suite {
         }
     }
 
-    /// 4. A range without data: zeros and NULLs only, and no day partition read.
+    /// Step 4: a range without data: zeros and NULLs only, and no day partition read.
     async fn empty_range(&mut self, d: &Dash) {
         let from = grafana::utc(978_307_200, 0); // 2001-01-01
         let ctx = ctx_for(d, from, from + chrono::Duration::days(1), "1m", &[]);
@@ -261,7 +261,7 @@ impl Suite {
         }
     }
 
-    /// 5. A selected identity or destination namespace is read through an index: with
+    /// Step 5: a selected identity or destination namespace is read through an index: with
     /// sequential scans disabled, none is left on a partition.
     async fn indexed(&mut self, d: &Dash) {
         exec(&mut self.conn, "SET enable_seqscan = off").await;

@@ -182,7 +182,11 @@ pub fn shape_problems(q: &Query, t: &Table, interval_secs: f64) -> Vec<String> {
                     .unwrap_or(f64::NAN)
             })
             .collect();
-        if times.windows(2).any(|w| !(w[0] <= w[1])) {
+        // NaN-safe: a NaN time compares false either way and is reported as unsorted.
+        if times
+            .windows(2)
+            .any(|w| w[0].partial_cmp(&w[1]).is_none_or(|o| o.is_gt()))
+        {
             bad.push("rows not sorted by time".to_owned());
         }
         if times.iter().any(|s| (s / interval_secs).fract() != 0.0) {
