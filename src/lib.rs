@@ -15,3 +15,4 @@ pub mod record;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod verify;
