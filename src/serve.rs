@@ -97,9 +97,7 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let sink = sink.with_digests(ParquetChain::open(&cfg.data_dir, signer.clone())?);
     let postgres = match &cfg.postgres {
         Some(pg) => Some((
-            PostgresSink::start(pg, Arc::clone(&metrics.store))
-                .await?
-                .with_digests(signer.clone()),
+            PostgresSink::start_signed(pg, Arc::clone(&metrics.store), signer.clone()).await?,
             cfg.postgres_batch_rows,
         )),
         None => None,

@@ -206,6 +206,25 @@ impl PostgresSink {
     /// Connects, migrates when configured to, and checks the schema version and privileges, so
     /// a bad URL, a wrong password, a missing grant or a newer schema fail at start-up.
     pub async fn start(cfg: &PostgresConfig, metrics: Arc<StoreMetrics>) -> Result<Self, PgError> {
+        Self::start_with(cfg, metrics, None).await
+    }
+
+    /// [`PostgresSink::start`] with digests: every batch (and every retention run, the first
+    /// one at start-up included) inserts its signed digest into `audit_digests` in its own
+    /// transaction, chained to this collector instance's previous one.
+    pub async fn start_signed(
+        cfg: &PostgresConfig,
+        metrics: Arc<StoreMetrics>,
+        signer: Signer,
+    ) -> Result<Self, PgError> {
+        Self::start_with(cfg, metrics, Some(PgDigests::new(signer))).await
+    }
+
+    async fn start_with(
+        cfg: &PostgresConfig,
+        metrics: Arc<StoreMetrics>,
+        digests: Option<PgDigests>,
+    ) -> Result<Self, PgError> {
         let opts = connect_options(&cfg.url)?;
         let cols = copy::column_list();
         let insert_sql = format!(
@@ -223,7 +242,7 @@ impl PostgresSink {
             copy_sql: format!("COPY {STAGING} ({cols}) FROM STDIN WITH (FORMAT binary)"),
             insert_returning_sql: format!("{insert_sql} RETURNING record_id"),
             insert_sql,
-            digests: None,
+            digests,
             metrics,
         };
         let mut conn = connect(&sink.opts).await?;
@@ -235,13 +254,6 @@ impl PostgresSink {
         sink.maintain_if_due().await?;
         info!(target = %sink.target, schema = schema::SCHEMA_VERSION, "postgres sink ready");
         Ok(sink)
-    }
-
-    /// Signs every batch from now on: its digest goes into `audit_digests` in the batch's
-    /// transaction, chained to this collector instance's previous one.
-    pub fn with_digests(mut self, signer: Signer) -> Self {
-        self.digests = Some(PgDigests::new(signer));
-        self
     }
 
     /// Checks a fresh connection and creates its staging table.
