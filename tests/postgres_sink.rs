@@ -653,6 +653,8 @@ fn the_benchmark_hook_reports_both_rates_and_leaves_nothing_behind() {
         "sink_rows_per_sec",
         "raw_copy_rows_per_sec",
         "sink_to_raw_ratio",
+        "signed_sink_rows_per_sec",
+        "signed_to_sink_ratio",
     ] {
         assert!(
             report[key].as_f64().is_some_and(|v| v > 0.0),

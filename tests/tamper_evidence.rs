@@ -568,7 +568,7 @@ fn verify_names_each_kind_of_tampering_in_parquet() {
     assert_ok(&verify(&data, &key));
 
     // Re-encoded with no value changed: the records are intact, the file is not the signed one.
-    write_file(file_a, &[batch.clone()]);
+    write_file(file_a, std::slice::from_ref(&batch));
     let v = verify(&data, &key);
     assert_found(&v, "file_rewritten", &a, in_a);
     assert_eq!(v.kinds(), ["file_rewritten"], "{v:?}");
@@ -701,4 +701,33 @@ fn rows_dropped_by_retention_are_expected_and_rows_dropped_by_hand_are_not() {
     let v = verify(&db, &key);
     assert_eq!(v.code, 1, "{v:?}");
     assert_eq!(v.of("record_deleted").len(), 20, "{v:?}");
+}
+
+#[test]
+fn a_bad_signing_key_stops_the_collector_at_start_up_with_a_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("key.pem");
+    fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let als = free_addr().to_string();
+    let admin = free_addr().to_string();
+    let (code, out, err) = meshaudit(&[
+        "serve",
+        "--als-addr",
+        &als,
+        "--admin-addr",
+        &admin,
+        "--data-dir",
+        dir.path().join("data").to_str().expect("utf8"),
+        "--signing-key",
+        key.to_str().expect("utf8"),
+    ]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("key.pem") && err.contains("Fix:") && err.contains("openssl genpkey"),
+        "{err}"
+    );
 }

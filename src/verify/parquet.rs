@@ -2,7 +2,7 @@
 //! `*.parquet` file anywhere under the data dir (nothing the collector writes there ends in
 //! `.parquet` except data, so any other such file is one no digest covers).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -111,6 +111,8 @@ fn parquet_files(root: &Path) -> Vec<String> {
         let Ok(rd) = fs::read_dir(&dir) else { continue };
         for e in rd.flatten() {
             let p = e.path();
+            // Not following symbolic links: a link named *.parquet is listed (and refused when
+            // read), a linked directory is not walked.
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 stack.push(p);
@@ -245,10 +247,12 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
         }
     }
     let files = parquet_files(data_dir);
+    let present: HashSet<&str> = files.iter().map(String::as_str).collect();
     let mut enc = Encoder::new();
     for d in &digests {
         let path = data_dir.join(&d.st.object);
-        if !files.iter().any(|f| f == &d.st.object) {
+        // Only files found under the data dir are read: a digest cannot point verify elsewhere.
+        if !present.contains(d.st.object.as_str()) {
             report.push(
                 Finding::new(
                     FindingKind::FileMissing,
@@ -294,6 +298,13 @@ fn check_file(path: &Path, d: &FileDigest, enc: &mut Encoder, report: &mut Repor
             .file(st.object.clone())
             .digest(&st.instance_id, st.seq)
     };
+    if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        report.push(finding(
+            FindingKind::FileModified,
+            "not a regular file (a symbolic link?): the signed file was replaced".into(),
+        ));
+        return 0;
+    }
     let bytes = match fs::read(path) {
         Ok(b) => Bytes::from(b),
         Err(e) => {

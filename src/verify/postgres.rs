@@ -127,10 +127,12 @@ pub async fn verify(
 }
 
 type Entries = Vec<(String, Option<i64>, Hash)>;
+/// A digest row that cannot be used: its instance, seq, and what is wrong.
+type Malformed = (String, u64, String);
 
 /// The statement rebuilt from a row, its signature, and its index entries; Err: the digest
 /// (instance, seq) and what is malformed.
-fn parse_digest(row: &PgRow) -> Result<(Statement, Vec<u8>, Entries), (String, u64, String)> {
+fn parse_digest(row: &PgRow) -> Result<(Statement, Vec<u8>, Entries), Malformed> {
     let instance: String = row.try_get(0).unwrap_or_default();
     let seq: i64 = row.try_get(1).unwrap_or_default();
     let bad = |what: &str| (instance.clone(), seq as u64, format!("malformed {what}"));

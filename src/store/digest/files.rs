@@ -71,6 +71,10 @@ impl FileRecords {
     }
 }
 
+/// How many of the newest digests are checked for an unfinished rename at start-up: only the
+/// last one or two can be affected (a crash, or a rename that failed and was not retried).
+const ROLL_FORWARD_DEPTH: usize = 8;
+
 pub struct ParquetChain {
     data_dir: PathBuf,
     dir: PathBuf,
@@ -183,20 +187,20 @@ impl ParquetChain {
         Ok(chain)
     }
 
-    /// Newest first: a digest whose file has no final name yet but a complete temporary one
-    /// (same SHA-256) had its rename cut short by a crash; finish it.
+    /// The newest digests: one whose file has no final name yet but a complete temporary one
+    /// (same SHA-256) had its rename cut short by a crash (or failed); finish it.
     fn roll_forward(&mut self, seqs: &[u64]) -> Result<(), DigestError> {
-        for &seq in seqs.iter().rev().take(64) {
+        for &seq in seqs.iter().rev().take(ROLL_FORWARD_DEPTH) {
             let Ok(d) = read_digest(&self.dir.join(digest_name(seq))) else {
-                break;
+                continue;
             };
-            let Ok((st, _, _)) = d.parse() else { break };
+            let Ok((st, _, _)) = d.parse() else { continue };
             let final_path = self.data_dir.join(&st.object);
             if final_path.exists() {
-                break;
+                continue;
             }
             let Some(tmp) = in_progress_of(&final_path).filter(|t| t.exists()) else {
-                break;
+                continue;
             };
             match sha256_file(&tmp) {
                 Ok(h) if Some(h) == st.file_sha256 => {
@@ -208,7 +212,6 @@ impl ParquetChain {
                 }
                 _ => {
                     warn!(path = %tmp.display(), seq, "an unfinished parquet file does not match its digest; left as it is");
-                    break;
                 }
             }
         }

@@ -297,7 +297,8 @@ mod tests {
         assert!(st2.signature_valid(&sig2));
 
         // Changing any one field breaks the signature.
-        let variants: Vec<Box<dyn Fn(&mut Statement)>> = vec![
+        type Change = Box<dyn Fn(&mut Statement)>;
+        let variants: Vec<Change> = vec![
             Box::new(|s| s.sink = SinkKind::Postgres),
             Box::new(|s| s.kind = DigestKind::Batch),
             Box::new(|s| s.instance_id.push('x')),
