@@ -731,3 +731,64 @@ fn a_bad_signing_key_stops_the_collector_at_start_up_with_a_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn replicas_sharing_a_database_and_a_data_dir_keep_one_chain_each() {
+    let pg = PgCluster::start();
+    let url = pg.create_db("replicas");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let spool_b = dir.path().join("_spool_b");
+    let a = Collector::start(dir.path(), &["--database-url", &url, "--migrate-on-start"]);
+    let b = Collector::start(
+        dir.path(),
+        &[
+            "--database-url",
+            &url,
+            "--spool-dir",
+            spool_b.to_str().expect("utf8"),
+        ],
+    );
+    // The same entries reach both replicas (a proxy reconnecting to the other one re-sends),
+    // and each gets entries of its own; both at once.
+    let shared = http_stream(0, 2, 10);
+    let (ua, ub) = (a.als_url(), b.als_url());
+    rt().block_on(async {
+        let ma = [shared.clone(), http_stream(100, 1, 10)].concat();
+        let mb = [shared, http_stream(200, 1, 10)].concat();
+        let sa = tokio::spawn(async move { stream(&ua, ma).await });
+        let sb = tokio::spawn(async move { stream(&ub, mb).await });
+        sa.await.expect("task").expect("stream a");
+        sb.await.expect("task").expect("stream b");
+    });
+    wait_for("40 distinct rows", Duration::from_secs(30), || {
+        pg.count("replicas", "SELECT count(*) FROM audit_records") == 40
+    });
+    for c in [a, b] {
+        let (status, out) = c.stop();
+        assert!(status.success(), "exit {status}:\n{out}");
+    }
+    let key = public_key(dir.path(), keys.path());
+    let v = verify(
+        &[
+            "--data-dir",
+            dir.path().to_str().expect("utf8"),
+            "--database-url",
+            &url,
+        ],
+        &key,
+    );
+    assert_ok(&v);
+    let chains = v.json["chains"].as_array().expect("chains");
+    let of = |sink: &str| chains.iter().filter(|c| c["sink"] == sink).count();
+    assert_eq!(of("parquet"), 2, "{v:?}");
+    assert_eq!(of("postgres"), 2, "{v:?}");
+    assert_eq!(
+        v.json["parquet"]["records"], 60,
+        "both replicas keep the shared entries"
+    );
+    assert_eq!(
+        v.json["postgres"]["records"], 40,
+        "each shared entry is stored once"
+    );
+}
