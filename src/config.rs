@@ -78,6 +78,12 @@ pub struct ServeOptions {
     #[arg(long, env = "MESHAUDIT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Ed25519 key (PEM PKCS#8) that signs the tamper-evidence digests; generated (mode 0600)
+    /// if missing. Keep it where whoever can edit the data cannot read it, e.g. a Secret
+    /// [default: DATA_DIR/_keys/digest-signing-key.pem].
+    #[arg(long, env = "MESHAUDIT_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+
     /// Largest ALS message accepted, in bytes; larger ones end their stream [default: 4194304].
     #[arg(long, env = "MESHAUDIT_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -244,6 +250,7 @@ impl ServeOptions {
             als_addr: self.als_addr.or(file.als_addr),
             admin_addr: self.admin_addr.or(file.admin_addr),
             data_dir: self.data_dir.or(file.data_dir),
+            signing_key: self.signing_key.or(file.signing_key),
             max_message_bytes: self.max_message_bytes.or(file.max_message_bytes),
             buffer_messages: self.buffer_messages.or(file.buffer_messages),
             parquet_max_file_bytes: self.parquet_max_file_bytes.or(file.parquet_max_file_bytes),
@@ -287,6 +294,8 @@ pub struct ServeConfig {
     pub als_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The digest signing key (store::digest).
+    pub signing_key: PathBuf,
     pub max_message_bytes: usize,
     pub buffer_messages: usize,
     pub parquet_max_file_bytes: u64,
@@ -359,6 +368,10 @@ impl ServeConfig {
                 .spool_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("_spool")),
+            signing_key: opts
+                .signing_key
+                .clone()
+                .unwrap_or_else(|| data_dir.join(crate::store::digest::DEFAULT_KEY_PATH)),
             data_dir,
             max_message_bytes: opts.max_message_bytes.unwrap_or(4 << 20),
             buffer_messages: opts.buffer_messages.unwrap_or(1024),

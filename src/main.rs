@@ -1,5 +1,7 @@
 //! The `meshaudit` binary: parse, validate, run. Errors end here, with context, via anyhow.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -36,6 +38,25 @@ enum Command {
     /// Write an access report for SOC 2 auditors (HTML, CSV, JSON and a SHA-256 manifest) over
     /// a time range, from Postgres (--database-url) or the Parquet files (--data-dir).
     Report(meshaudit::report::ReportOptions),
+    /// Check stored records against their signed digests: reports every record or file
+    /// modified, deleted, inserted or reordered, broken chains and bad signatures. Exit 0: all
+    /// verified; 1: findings; 2: could not verify.
+    Verify(meshaudit::verify::VerifyOptions),
+    /// Print the public key of the digest signing key (PEM), for `meshaudit verify --public-key`.
+    PublicKey {
+        /// The signing key [default: DATA_DIR/_keys/digest-signing-key.pem].
+        #[arg(long, value_name = "FILE")]
+        signing_key: Option<PathBuf>,
+        /// The collector's data dir, to find the default signing key.
+        #[arg(long, value_name = "DIR", default_value = meshaudit::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Write the public key to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Create the signing key (mode 0600) if it does not exist yet.
+        #[arg(long)]
+        generate: bool,
+    },
     /// In-process ceilings of join and Parquet encoding on one core (used by scripts/bench).
     #[command(hide = true)]
     BenchCeilings(meshaudit::ceiling::CeilingOptions),
@@ -79,6 +100,52 @@ fn main() -> anyhow::Result<()> {
                 Some(v) if v == after => println!("schema is up to date (version {after})"),
                 Some(v) => println!("schema migrated from version {v} to {after}"),
                 None => println!("schema created (version {after})"),
+            }
+        }
+        Command::Verify(opts) => {
+            let report = match runtime()?.block_on(meshaudit::verify::run(&opts)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("meshaudit verify: cannot verify: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if opts.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            if !report.ok {
+                std::process::exit(1);
+            }
+        }
+        Command::PublicKey {
+            signing_key,
+            data_dir,
+            out,
+            generate,
+        } => {
+            use meshaudit::store::digest::{key::SigningKey, DEFAULT_KEY_PATH};
+            meshaudit::telemetry::init_logging(false);
+            let path = signing_key.unwrap_or_else(|| data_dir.join(DEFAULT_KEY_PATH));
+            let key = if generate {
+                SigningKey::load_or_generate(&path).map(|(k, _)| k)
+            } else {
+                SigningKey::load(&path)
+            }
+            .with_context(|| format!("meshaudit public-key: reading {}", path.display()))?;
+            let pem = key.public().to_pem();
+            match out {
+                Some(file) => {
+                    std::fs::write(&file, &pem)
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                    eprintln!(
+                        "wrote the public key {} to {}",
+                        key.public().fingerprint(),
+                        file.display()
+                    );
+                }
+                None => print!("{pem}"),
             }
         }
         Command::BenchPostgres {

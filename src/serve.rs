@@ -23,6 +23,8 @@ use crate::ingest::service::{AlsServer, StreamHandler};
 use crate::join::identity::{IdentityError, IdentityResolver};
 use crate::join::redact::Redactor;
 use crate::join::Joiner;
+use crate::store::digest::files::ParquetChain;
+use crate::store::digest::{DigestError, Signer};
 use crate::store::metrics::SinkId;
 use crate::store::parquet::{ParquetConfig, ParquetError, ParquetSink};
 use crate::store::pipeline;
@@ -40,6 +42,8 @@ pub enum ServeError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Postgres(#[from] PgError),
+    #[error(transparent)]
+    Digest(#[from] DigestError),
     #[error("cannot listen on {what} {addr}: {source}. Fix: choose a free port with {flag}")]
     Bind {
         what: &'static str,
@@ -87,9 +91,13 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         Arc::clone(&metrics.store),
         tokio::runtime::Handle::current(),
     )?;
+    // Tamper evidence (docs/tamper-evidence.md): one signed digest chain per sink. The instance
+    // id lives in the spool directory, which this process now holds the lock of.
+    let signer = Signer::start(&cfg.signing_key, &cfg.spool_dir)?;
+    let sink = sink.with_digests(ParquetChain::open(&cfg.data_dir, signer.clone())?);
     let postgres = match &cfg.postgres {
         Some(pg) => Some((
-            PostgresSink::start(pg, Arc::clone(&metrics.store)).await?,
+            PostgresSink::start_signed(pg, Arc::clone(&metrics.store), signer.clone()).await?,
             cfg.postgres_batch_rows,
         )),
         None => None,

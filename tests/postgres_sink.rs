@@ -362,7 +362,7 @@ fn schema_matches_the_contract_and_partitions_are_managed() {
     let pg = PgCluster::start();
     let url = pg.create_db("schema");
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
-    assert!(ok && out.contains("schema created (version 1)"), "{out}");
+    assert!(ok && out.contains("schema created (version 2)"), "{out}");
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
     assert!(ok && out.contains("up to date"), "{out}");
 
@@ -493,7 +493,13 @@ fn start_up_errors_say_what_to_fix_and_never_show_the_password() {
         "{out}"
     );
     pg.psql("errs", "GRANT INSERT ON audit_records TO writer");
-    // With both grants, the writer role can run the collector (and create partitions).
+    let out = serve_fails(dir.path(), &writer);
+    assert!(
+        out.contains("GRANT INSERT, SELECT ON audit_digests TO writer"),
+        "{out}"
+    );
+    pg.psql("errs", "GRANT INSERT, SELECT ON audit_digests TO writer");
+    // With these grants, the writer role can run the collector (and create partitions).
     let c = Collector::start(dir.path(), &["--database-url", &writer]);
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
@@ -506,7 +512,7 @@ fn start_up_errors_say_what_to_fix_and_never_show_the_password() {
     );
     let out = serve_fails(dir.path(), &url);
     assert!(
-        out.contains("schema version 999") && out.contains("knows only up to 1"),
+        out.contains("schema version 999") && out.contains("knows only up to 2"),
         "{out}"
     );
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
@@ -644,6 +650,8 @@ fn the_benchmark_hook_reports_both_rates_and_leaves_nothing_behind() {
         "sink_rows_per_sec",
         "raw_copy_rows_per_sec",
         "sink_to_raw_ratio",
+        "signed_sink_rows_per_sec",
+        "signed_to_sink_ratio",
     ] {
         assert!(
             report[key].as_f64().is_some_and(|v| v > 0.0),

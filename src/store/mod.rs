@@ -5,7 +5,9 @@
 //! - `postgres`: the Postgres sink (binary COPY, idempotent on record_id) and its schema.
 //! - `pipeline`: one driver per sink, reading the spool and acknowledging what is durable.
 //! - `metrics`: the store's counters and gauges.
+//! - `digest`: tamper evidence: signed, chained SHA-256 digests of what each sink stored.
 
+pub mod digest;
 pub mod metrics;
 pub mod parquet;
 pub mod pipeline;

@@ -27,6 +27,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::record::{arrow as record_arrow, AuditRecord};
+use crate::store::digest::files::{FileRecords, HashingFile, ParquetChain};
 use crate::store::spool::Frame;
 use crate::telemetry::Metrics;
 
@@ -46,6 +47,8 @@ pub enum ParquetError {
     Encode(#[from] parquet::errors::ParquetError),
     #[error("parquet sink: building the Arrow batch failed: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("parquet sink: {0}")]
+    Digest(#[from] crate::store::digest::DigestError),
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +103,10 @@ impl Row {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<File>,
+    /// The file's bytes are hashed as they are written, for its digest.
+    writer: ArrowWriter<HashingFile>,
+    /// Its records, hashed in row order (with digests on).
+    records: FileRecords,
     tmp_path: PathBuf,
     final_path: PathBuf,
     opened: Instant,
@@ -119,6 +125,8 @@ pub struct ParquetSink {
     pending_since: HashMap<Partition, u64>,
     /// End LSN of the last frame pushed.
     pushed_end: u64,
+    /// The digest chain (docs/tamper-evidence.md); None only in tests and benchmarks.
+    digests: Option<ParquetChain>,
     metrics: Arc<Metrics>,
 }
 
@@ -157,8 +165,16 @@ impl ParquetSink {
             open: HashMap::new(),
             pending_since: HashMap::new(),
             pushed_end: 0,
+            digests: None,
             metrics,
         })
+    }
+
+    /// Every file closed from now on gets a signed digest in the chain, written before the file
+    /// is renamed into place.
+    pub fn with_digests(mut self, chain: ParquetChain) -> Self {
+        self.digests = Some(chain);
+        self
     }
 
     /// Takes a spool frame's records; encodes a row group whenever a partition's buffer is full.
@@ -267,6 +283,10 @@ impl ParquetSink {
         // ArrowWriter flushes a row group by itself every `row_group_rows` rows. On failure the
         // caller resets and replays from the spool.
         file.writer.write(&batch)?;
+        if let Some(chain) = &mut self.digests {
+            rows.iter()
+                .for_each(|r| chain.add(r.record(), &mut file.records));
+        }
         file.rows += rows.len() as u64;
         let size = (file.writer.bytes_written() + file.writer.in_progress_size()) as u64;
         self.metrics.batch_written("parquet", started.elapsed());
@@ -291,9 +311,14 @@ impl ParquetSink {
             path: tmp_path.clone(),
             source,
         })?;
-        let writer = ArrowWriter::try_new(file, record_arrow::schema(), Some(self.props.clone()))?;
+        let writer = ArrowWriter::try_new(
+            HashingFile::new(file),
+            record_arrow::schema(),
+            Some(self.props.clone()),
+        )?;
         Ok(OpenFile {
             writer,
+            records: FileRecords::default(),
             tmp_path,
             final_path,
             opened: Instant::now(),
@@ -309,10 +334,19 @@ impl ParquetSink {
             let path = path.to_path_buf();
             move |source| ParquetError::Io { path, source }
         };
-        let file = f.writer.into_inner()?;
+        let (file, file_sha256, file_bytes) = f.writer.into_inner()?.finish();
         file.sync_all().map_err(io(&f.tmp_path))?;
         drop(file);
-        fs::rename(&f.tmp_path, &f.final_path).map_err(io(&f.final_path))?;
+        // The digest first: it is the commit record (store::digest::files).
+        if let Some(chain) = &mut self.digests {
+            chain.commit(f.records, file_sha256, file_bytes, &f.final_path)?;
+        }
+        if let Err(e) = fs::rename(&f.tmp_path, &f.final_path) {
+            if let Some(chain) = &mut self.digests {
+                chain.defer_rename(f.tmp_path.clone(), f.final_path.clone());
+            }
+            return Err(io(&f.final_path)(e));
+        }
         if let Some(dir) = f.final_path.parent() {
             // Make the rename itself durable.
             File::open(dir)

@@ -114,12 +114,15 @@ def test_partitions_are_the_hours_of_start_time(ingested):
 
 
 def test_nothing_is_left_in_progress_after_sigterm(ingested):
-    # The durable spool (docs/storage.md) keeps its segments and cursors under _spool/.
+    # The durable spool (docs/storage.md) keeps its segments and cursors under _spool/; the
+    # digests and the signing key (docs/tamper-evidence.md) live under _digests/ and _keys/.
     root = ingested.output.data_dir
+    state = ("_spool/", "_digests/", "_keys/")
     files = [f.relative_to(root).as_posix() for f in ingested.output.files()]
-    leftovers = [f for f in files if not f.endswith(".parquet") and not f.startswith("_spool/")]
+    leftovers = [f for f in files if not f.endswith(".parquet") and not f.startswith(state)]
     assert not leftovers, f"files other than finished .parquet under the data dir: {leftovers}"
-    assert not any(f.startswith("_spool/") and f.endswith(".parquet") for f in files)
+    assert not any(f.startswith(state) and f.endswith(".parquet") for f in files)
+    assert not any(f.endswith((".inprogress", ".tmp")) for f in files), files
 
 
 @pytest.mark.parametrize("column", ["start_time", "received_at"])

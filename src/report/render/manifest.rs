@@ -2,8 +2,6 @@
 //! `SHA256SUMS` (the `sha256sum -c` format, so an auditor can check the set with a stock tool).
 //! `SHA256SUMS` also covers `manifest.json`; neither can contain its own hash.
 
-use sha2::{Digest, Sha256};
-
 /// One file written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -13,13 +11,9 @@ pub struct Entry {
     pub sha256: String,
 }
 
+/// SHA-256 from `ring`, the same implementation the tamper-evidence digests use.
 pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut out = String::with_capacity(64);
-    for b in digest.iter() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
 }
 
 pub fn entry(path: &str, data: &[u8]) -> Entry {

@@ -17,6 +17,8 @@ use super::{
     classify, connect, connect_options, raw_copy, schema, PgError, PostgresConfig, PostgresSink,
 };
 use crate::record::{string_list, values, AuditRecord};
+use crate::store::digest::key::SigningKey;
+use crate::store::digest::{DigestError, Signer};
 use crate::store::metrics::StoreMetrics;
 
 #[derive(Debug, Serialize)]
@@ -29,6 +31,11 @@ pub struct BenchReport {
     pub raw_copy_rows_per_sec: f64,
     /// sink / raw: the price of idempotence (and of one transaction per batch).
     pub sink_to_raw_ratio: f64,
+    /// The sink's write path with tamper-evidence digests, as the collector runs it (hashing,
+    /// INSERT ... RETURNING, the digest row; store::digest::postgres).
+    pub signed_sink_rows_per_sec: f64,
+    /// signed / unsigned sink: the price of the digests.
+    pub signed_to_sink_ratio: f64,
 }
 
 /// Records shaped like real traffic: a few hundred identities and destinations, realistic
@@ -178,6 +185,27 @@ async fn bench_in_schema(
         sink.write(chunk.iter()).await?;
     }
     let sink_secs = started.elapsed().as_secs_f64();
+    drop(sink);
+    sqlx::query("TRUNCATE audit_records")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| classify(e, "truncating between runs"))?;
+
+    let key = SigningKey::generate().map_err(|e: DigestError| PgError::Query {
+        context: "generating a benchmark key",
+        reason: e.to_string(),
+    })?;
+    let signer = Signer {
+        key: Arc::new(key),
+        instance_id: "bench".into(),
+    };
+    let mut sink =
+        PostgresSink::start_signed(&cfg, Arc::new(StoreMetrics::default()), signer).await?;
+    let started = Instant::now();
+    for chunk in records.chunks(batch_rows.max(1)) {
+        sink.write(chunk.iter()).await?;
+    }
+    let signed_secs = started.elapsed().as_secs_f64();
     let _ = conn.close().await;
     let n = records.len() as f64;
     Ok(BenchReport {
@@ -188,5 +216,7 @@ async fn bench_in_schema(
         raw_copy_seconds: raw,
         raw_copy_rows_per_sec: n / raw,
         sink_to_raw_ratio: raw / sink_secs,
+        signed_sink_rows_per_sec: n / signed_secs,
+        signed_to_sink_ratio: sink_secs / signed_secs,
     })
 }

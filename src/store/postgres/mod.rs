@@ -26,6 +26,8 @@ use tracing::{debug, info};
 
 use self::url::DatabaseUrl;
 use crate::record::{AuditRecord, COLUMNS};
+use crate::store::digest::postgres::{PgDigests, Prepared};
+use crate::store::digest::Signer;
 use crate::store::metrics::StoreMetrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,6 +199,10 @@ pub struct PostgresSink {
     buf: Vec<u8>,
     copy_sql: String,
     insert_sql: String,
+    /// `insert_sql` returning the inserted record_ids, for the batch digest.
+    insert_returning_sql: String,
+    /// The batch digests (docs/tamper-evidence.md); None only in tests and benchmarks.
+    digests: Option<PgDigests>,
     metrics: Arc<StoreMetrics>,
 }
 
@@ -204,8 +210,31 @@ impl PostgresSink {
     /// Connects, migrates when configured to, and checks the schema version and privileges, so
     /// a bad URL, a wrong password, a missing grant or a newer schema fail at start-up.
     pub async fn start(cfg: &PostgresConfig, metrics: Arc<StoreMetrics>) -> Result<Self, PgError> {
+        Self::start_with(cfg, metrics, None).await
+    }
+
+    /// [`PostgresSink::start`] with digests: every batch (and every retention run, the first
+    /// one at start-up included) inserts its signed digest into `audit_digests` in its own
+    /// transaction, chained to this collector instance's previous one.
+    pub async fn start_signed(
+        cfg: &PostgresConfig,
+        metrics: Arc<StoreMetrics>,
+        signer: Signer,
+    ) -> Result<Self, PgError> {
+        Self::start_with(cfg, metrics, Some(PgDigests::new(signer))).await
+    }
+
+    async fn start_with(
+        cfg: &PostgresConfig,
+        metrics: Arc<StoreMetrics>,
+        digests: Option<PgDigests>,
+    ) -> Result<Self, PgError> {
         let opts = connect_options(&cfg.url)?;
         let cols = copy::column_list();
+        let insert_sql = format!(
+            "INSERT INTO audit_records ({cols}) SELECT {cols} FROM {STAGING} \
+             ON CONFLICT (record_id, start_time) DO NOTHING"
+        );
         let mut sink = PostgresSink {
             target: target(&opts),
             opts,
@@ -215,10 +244,9 @@ impl PostgresSink {
             next_maintenance: Instant::now(),
             buf: Vec::new(),
             copy_sql: format!("COPY {STAGING} ({cols}) FROM STDIN WITH (FORMAT binary)"),
-            insert_sql: format!(
-                "INSERT INTO audit_records ({cols}) SELECT {cols} FROM {STAGING} \
-                 ON CONFLICT (record_id, start_time) DO NOTHING"
-            ),
+            insert_returning_sql: format!("{insert_sql} RETURNING record_id"),
+            insert_sql,
+            digests,
             metrics,
         };
         let mut conn = connect(&sink.opts).await?;
@@ -289,15 +317,17 @@ impl PostgresSink {
             return Ok(());
         }
         let retention = self.retention_days;
-        let conn = self.conn().await?;
+        let mut digests = self.digests.take();
         let result = async {
+            let conn = self.conn().await?;
             schema::ensure_partitions_ahead(conn).await?;
             if let Some(days) = retention {
-                schema::apply_retention(conn, days).await?;
+                schema::apply_retention(conn, days, digests.as_mut()).await?;
             }
             Ok(())
         }
         .await;
+        self.digests = digests;
         if let Err(e) = &result {
             self.drop_connection_on(e);
             return result;
@@ -325,6 +355,10 @@ impl PostgresSink {
         // The caller logs the failure; this only notes the reconnect.
         debug!(target = %self.target, error = %e, "dropping the postgres connection after a failure");
         self.conn = None;
+        // A COMMIT may have landed or not: read the digest chain's head again.
+        if let Some(d) = &mut self.digests {
+            d.invalidate();
+        }
     }
 
     async fn write_inner<'a, I>(&mut self, records: I) -> Result<Written, PgError>
@@ -336,18 +370,39 @@ impl PostgresSink {
         buf.clear();
         copy::header(&mut buf);
         let mut n = 0u64;
-        for r in records {
-            copy::row(&mut buf, r);
-            n += 1;
-        }
+        let mut digests = self.digests.take();
+        // With digests, only the first copy of each record_id is offered, so that the row
+        // stored is the one hashed (see store::digest::postgres).
+        let prepared = match &mut digests {
+            Some(d) => {
+                let p = d.prepare(records.clone().into_iter());
+                p.rows.iter().for_each(|(r, _)| copy::row(&mut buf, r));
+                n = records.into_iter().count() as u64;
+                Some(p)
+            }
+            None => {
+                for r in records {
+                    copy::row(&mut buf, r);
+                    n += 1;
+                }
+                None
+            }
+        };
         copy::trailer(&mut buf);
         let copy_sql = std::mem::take(&mut self.copy_sql);
         let insert_sql = std::mem::take(&mut self.insert_sql);
+        let returning_sql = std::mem::take(&mut self.insert_returning_sql);
         let conn = self.conn().await;
-        let result = match conn {
-            Ok(conn) => copy_and_insert(conn, &copy_sql, &insert_sql, &buf).await,
-            Err(e) => Err(e),
+        let result = match (conn, &mut digests, &prepared) {
+            (Ok(conn), Some(d), Some(p)) => {
+                let returning = (returning_sql.as_str(), d, p);
+                copy_and_insert(conn, &copy_sql, &insert_sql, &buf, Some(returning)).await
+            }
+            (Ok(conn), _, _) => copy_and_insert(conn, &copy_sql, &insert_sql, &buf, None).await,
+            (Err(e), _, _) => Err(e),
         };
+        self.digests = digests;
+        self.insert_returning_sql = returning_sql;
         self.copy_sql = copy_sql;
         self.insert_sql = insert_sql;
         self.buf = buf;
@@ -393,11 +448,14 @@ impl PostgresSink {
     }
 }
 
+/// COPY into staging, INSERT into audit_records, and (with `digest`: the INSERT ... RETURNING
+/// statement, the chain, the batch) the batch's digest; one transaction.
 async fn copy_and_insert(
     conn: &mut PgConnection,
     copy_sql: &str,
     insert_sql: &str,
     data: &[u8],
+    digest: Option<(&str, &mut PgDigests, &Prepared<'_>)>,
 ) -> Result<u64, PgError> {
     let mut tx = conn
         .begin()
@@ -413,11 +471,22 @@ async fn copy_and_insert(
     copy.finish()
         .await
         .map_err(|e| classify(e, "finishing COPY"))?;
-    let inserted = sqlx::query(AssertSqlSafe(insert_sql))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify(e, "inserting from staging"))?
-        .rows_affected();
+    let inserted = match digest {
+        None => sqlx::query(AssertSqlSafe(insert_sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(e, "inserting from staging"))?
+            .rows_affected(),
+        Some((returning_sql, digests, prepared)) => {
+            let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(returning_sql))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| classify(e, "inserting from staging"))?;
+            let n = ids.len() as u64;
+            digests.append(&mut tx, prepared, ids).await?;
+            n
+        }
+    };
     tx.commit().await.map_err(|e| classify(e, "committing"))?;
     Ok(inserted)
 }

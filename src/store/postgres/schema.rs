@@ -10,17 +10,25 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row, SqlSafeStr};
 use tracing::info;
 
 use super::{classify, PgError};
+use crate::store::digest::postgres::PgDigests;
 
 /// (version, description, SQL). Append only; never edit an applied migration (its checksum is
 /// recorded in `_sqlx_migrations`).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "audit_records",
-    include_str!("../../../migrations/0001_audit_records.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "audit_records",
+        include_str!("../../../migrations/0001_audit_records.sql"),
+    ),
+    (
+        2,
+        "audit_digests",
+        include_str!("../../../migrations/0002_audit_digests.sql"),
+    ),
+];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The oldest server that has everything the schema uses (UNIQUE NULLS NOT DISTINCT).
 const MIN_SERVER_VERSION: i64 = 150000;
@@ -101,7 +109,8 @@ pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
     let row = sqlx::query(
         "SELECT current_user::text, \
                 to_regclass('_sqlx_migrations') IS NOT NULL, \
-                to_regclass('audit_records') IS NOT NULL",
+                to_regclass('audit_records') IS NOT NULL, \
+                to_regclass('audit_digests') IS NOT NULL",
     )
     .fetch_one(&mut *conn)
     .await
@@ -113,11 +122,20 @@ pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
             binary: SCHEMA_VERSION,
         });
     }
+    if !row.get::<bool, _>(3) {
+        // An older schema: the version check below names the fix.
+        return Err(PgError::SchemaMissing {
+            database: applied_version(conn).await?,
+            binary: SCHEMA_VERSION,
+        });
+    }
     let row = sqlx::query(
         "SELECT has_table_privilege('_sqlx_migrations', 'SELECT'), \
                 has_table_privilege('audit_records', 'INSERT'), \
                 has_database_privilege(current_database(), 'TEMPORARY'), \
-                has_function_privilege('meshaudit_ensure_partition(date)', 'EXECUTE')",
+                has_function_privilege('meshaudit_ensure_partition(date)', 'EXECUTE'), \
+                has_table_privilege('audit_digests', 'INSERT'), \
+                has_table_privilege('audit_digests', 'SELECT')",
     )
     .fetch_one(&mut *conn)
     .await
@@ -142,6 +160,11 @@ pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
             row.get::<bool, _>(3),
             "EXECUTE on function meshaudit_ensure_partition(date)",
             "GRANT EXECUTE ON FUNCTION meshaudit_ensure_partition(date) TO",
+        ),
+        (
+            row.get::<bool, _>(4) && row.get::<bool, _>(5),
+            "INSERT and SELECT on table audit_digests (each batch's signed digest, chained to this collector's previous one)",
+            "GRANT INSERT, SELECT ON audit_digests TO",
         ),
     ];
     for (ok, what, grant) in checks {
@@ -190,18 +213,33 @@ pub async fn ensure_partition(conn: &mut PgConnection, unix_day: i64) -> Result<
 }
 
 /// Drops the day partitions older than `days` full days (UTC). Returns the names dropped.
-pub async fn apply_retention(conn: &mut PgConnection, days: u32) -> Result<Vec<String>, PgError> {
+/// With `digests`, a signed retention digest records the cutoff in the same transaction, so
+/// `meshaudit verify` tells rows retention dropped from rows someone deleted.
+pub async fn apply_retention(
+    conn: &mut PgConnection,
+    days: u32,
+    digests: Option<&mut PgDigests>,
+) -> Result<Vec<String>, PgError> {
     let mut tx = conn
         .begin()
         .await
         .map_err(|e| classify(e, "applying retention"))?;
-    let dropped: Vec<String> = sqlx::query_scalar(
-        "SELECT meshaudit_drop_partitions_before((now() AT TIME ZONE 'UTC')::date - $1::int)",
+    let cutoff_day: i32 = sqlx::query_scalar(
+        "SELECT ((now() AT TIME ZONE 'UTC')::date - $1::int) - date '1970-01-01'",
     )
     .bind(days as i32)
-    .fetch_all(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| classify(e, "applying retention"))?;
+    let dropped: Vec<String> =
+        sqlx::query_scalar("SELECT meshaudit_drop_partitions_before(date '1970-01-01' + $1::int)")
+            .bind(cutoff_day)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| classify(e, "applying retention"))?;
+    if let (false, Some(d)) = (dropped.is_empty(), digests) {
+        d.append_retention(&mut tx, i64::from(cutoff_day)).await?;
+    }
     tx.commit()
         .await
         .map_err(|e| classify(e, "applying retention"))?;

@@ -1,0 +1,217 @@
+//! What `meshaudit verify` found: findings, per-sink counts and chain heads, as text or JSON.
+//! The JSON shape is documented in docs/tamper-evidence.md (fields are only ever added).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// One discrepancy between stored data and the signed digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A digest file or row that cannot be parsed.
+    DigestUnreadable,
+    /// The signature does not match the digest's content (the digest was edited).
+    SignatureInvalid,
+    /// Correctly signed, by a key that is not one of --public-key.
+    UnknownKey,
+    /// A digest's previous_digest_sha256 is not the hash of the chain's previous digest.
+    ChainBroken,
+    /// Digests missing from a chain (a gap in seq, or a chain not starting at 1).
+    ChainGap,
+    /// A digest stored where its content says it does not belong (another instance's
+    /// directory, a file name that is not its seq, the other sink).
+    DigestMisplaced,
+    /// A digest names a Parquet file that is not there.
+    FileMissing,
+    /// A Parquet file no digest covers.
+    FileUnsigned,
+    /// A Parquet file whose records differ from its digest (the records found say how).
+    FileModified,
+    /// A Parquet file whose bytes differ from its digest while its records are the same
+    /// (re-encoded).
+    FileRewritten,
+    /// A Parquet file that cannot be read.
+    FileUnreadable,
+    RecordModified,
+    RecordDeleted,
+    /// A record no digest covers.
+    RecordInserted,
+    /// The right records in another order.
+    RecordsReordered,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::DigestUnreadable => "digest_unreadable",
+            FindingKind::SignatureInvalid => "signature_invalid",
+            FindingKind::UnknownKey => "unknown_key",
+            FindingKind::ChainBroken => "chain_broken",
+            FindingKind::ChainGap => "chain_gap",
+            FindingKind::DigestMisplaced => "digest_misplaced",
+            FindingKind::FileMissing => "file_missing",
+            FindingKind::FileUnsigned => "file_unsigned",
+            FindingKind::FileModified => "file_modified",
+            FindingKind::FileRewritten => "file_rewritten",
+            FindingKind::FileUnreadable => "file_unreadable",
+            FindingKind::RecordModified => "record_modified",
+            FindingKind::RecordDeleted => "record_deleted",
+            FindingKind::RecordInserted => "record_inserted",
+            FindingKind::RecordsReordered => "records_reordered",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    /// `parquet` or `postgres`.
+    pub sink: &'static str,
+    /// Parquet: the file, relative to the data dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Parquet: the row (from 0) in the file as found, or as signed for a deleted row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
+    /// The digest concerned: `INSTANCE_ID/SEQ`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub detail: String,
+}
+
+impl Finding {
+    pub fn new(kind: FindingKind, sink: &'static str, detail: impl Into<String>) -> Finding {
+        Finding {
+            kind,
+            sink,
+            file: None,
+            row: None,
+            record_id: None,
+            digest: None,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn file(mut self, f: impl Into<String>) -> Self {
+        self.file = Some(f.into());
+        self
+    }
+
+    pub fn row(mut self, r: u64) -> Self {
+        self.row = Some(r);
+        self
+    }
+
+    pub fn record(mut self, id: impl Into<String>) -> Self {
+        self.record_id = Some(id.into());
+        self
+    }
+
+    pub fn digest(mut self, instance: &str, seq: u64) -> Self {
+        self.digest = Some(format!("{instance}/{seq}"));
+        self
+    }
+}
+
+/// One chain as found: its extent and its head (compare the head with one recorded elsewhere
+/// to detect a chain cut short at its end, which no stored data can show).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainSummary {
+    pub sink: &'static str,
+    pub instance_id: String,
+    pub digests: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub head_digest_sha256: String,
+    pub head_created_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkSummary {
+    pub digests: u64,
+    /// Parquet files checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// Records (Parquet rows, Postgres rows) checked.
+    pub records: u64,
+    /// Postgres: rows a signed retention digest says were dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired_records: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<SinkSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<SinkSummary>,
+    pub chains: Vec<ChainSummary>,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn push(&mut self, f: Finding) {
+        self.findings.push(f);
+    }
+
+    /// Text for people: one line per finding, then the chains, then a summary line.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for f in &self.findings {
+            let _ = write!(out, "FAIL {:<8} {:<18}", f.sink, f.kind.as_str());
+            if let Some(file) = &f.file {
+                let _ = write!(out, " file={file}");
+            }
+            if let Some(row) = f.row {
+                let _ = write!(out, " row={row}");
+            }
+            if let Some(id) = &f.record_id {
+                let _ = write!(out, " record_id={id}");
+            }
+            if let Some(d) = &f.digest {
+                let _ = write!(out, " digest={d}");
+            }
+            let _ = writeln!(out, ": {}", f.detail);
+        }
+        for c in &self.chains {
+            let _ = writeln!(
+                out,
+                "chain {} {}: {} digests, seq {}..{}, head {} at {}",
+                c.sink,
+                c.instance_id,
+                c.digests,
+                c.first_seq,
+                c.last_seq,
+                c.head_digest_sha256,
+                c.head_created_at
+            );
+        }
+        let mut parts = Vec::new();
+        if let Some(p) = &self.parquet {
+            parts.push(format!(
+                "parquet: {} files, {} records, {} digests",
+                p.files.unwrap_or(0),
+                p.records,
+                p.digests
+            ));
+        }
+        if let Some(p) = &self.postgres {
+            let mut s = format!("postgres: {} rows, {} digests", p.records, p.digests);
+            if let Some(n) = p.expired_records.filter(|n| *n > 0) {
+                let _ = write!(s, ", {n} rows dropped by retention");
+            }
+            parts.push(s);
+        }
+        let verdict = if self.ok {
+            "OK: every record and file matches its signed digest".to_owned()
+        } else {
+            format!("FAILED: {} findings", self.findings.len())
+        };
+        let _ = writeln!(out, "meshaudit verify: {verdict} ({})", parts.join("; "));
+        out
+    }
+}
