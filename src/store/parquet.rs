@@ -5,14 +5,20 @@
 //! - A file is written under a hidden temporary name (`.part-….parquet.inprogress`) and renamed
 //!   to `part-….parquet` only once closed and fsynced: readers never see a partial file, and
 //!   nothing else under the data dir ends in `.parquet`.
-//! - Memory is bounded: rows are buffered per partition up to `row_group_rows`, then encoded
-//!   into a row group; files roll at `max_file_bytes` or `max_file_age`.
+//! - Memory is bounded: rows are buffered per partition up to [`ENCODE_BATCH_ROWS`], then encoded
+//!   into the open file's ArrowWriter, which keeps the row group in columnar form until it holds
+//!   `row_group_rows`: a buffered row pins its whole spool frame (decoded records), an encoded
+//!   one only its columnar bytes. Files roll at `max_file_bytes` or `max_file_age`.
 //! - All work here is blocking; it runs on its own thread, never on the async runtime.
 //! - What is durable is what is in closed files: [`ParquetSink::durable_lsn`] is the spool
 //!   position below which every record pushed is in a closed, renamed file. On a crash, records
 //!   in unfinished files are replayed from the spool (at-least-once, as the contract allows).
 
 use std::collections::HashMap;
+
+/// Rows per partition handed to the ArrowWriter at once: enough to amortize building an Arrow
+/// batch, few enough that buffered rows do not pin much of the spool's memory.
+pub const ENCODE_BATCH_ROWS: usize = 2048;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -189,7 +195,7 @@ impl ParquetSink {
                 frame: Arc::clone(frame),
                 index,
             });
-            if buf.len() >= self.cfg.row_group_rows {
+            if buf.len() >= ENCODE_BATCH_ROWS.min(self.cfg.row_group_rows) {
                 self.encode(p)?;
             }
         }
