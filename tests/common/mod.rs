@@ -3,6 +3,9 @@
 //! SIGTERM, and reads the Parquet it wrote with the `parquet` crate's Arrow reader.
 #![allow(dead_code)]
 
+pub mod raw;
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
