@@ -21,7 +21,13 @@ fn files(dir: &Path) -> Vec<PathBuf> {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.is_file())
+                // `.gitkeep` holds an empty directory in git; it is not an input.
+                .filter(|p| {
+                    let hidden = p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    p.is_file() && !hidden
+                })
                 .collect()
         })
         .unwrap_or_default();
