@@ -61,6 +61,25 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    g.bench_function("subset_decode_100_entries", |b| {
+        b.iter(|| {
+            for e in &entries {
+                black_box(wire::HttpAccessLogEntry::decode(e.clone()).expect("decodes"));
+            }
+        })
+    });
+    g.bench_function("record_id_100_entries", |b| {
+        b.iter(|| {
+            for e in &entries {
+                black_box(meshaudit::record::id::record_id(
+                    b"node",
+                    b"log",
+                    EntryType::Http,
+                    e,
+                ));
+            }
+        })
+    });
     g.bench_function("full_envoy_types_decode_100_entries", |b| {
         b.iter(|| {
             for e in &entries {

@@ -16,7 +16,11 @@ use thiserror::Error;
 
 use crate::ingest::peer_auth::PeerAuth;
 use crate::ingest::tls::AlsTls;
+use crate::join::identity::IdentityConfig;
 use crate::join::redact::DEFAULT_PARAMS;
+use crate::store::postgres::url::DatabaseUrl;
+use crate::store::postgres::PostgresConfig;
+use crate::store::spool::FsyncMode;
 
 pub const DEFAULT_ALS_ADDR: &str = "0.0.0.0:9000";
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9001";
@@ -91,7 +95,7 @@ pub struct ServeOptions {
     #[arg(long, env = "MESHAUDIT_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
 
-    /// Accepted messages held in memory before stream reads wait [default: 1024].
+    /// Messages queued for the spool writer before stream reads wait [default: 1024].
     #[arg(long, env = "MESHAUDIT_BUFFER_MESSAGES", value_name = "N")]
     pub buffer_messages: Option<usize>,
 
@@ -188,6 +192,121 @@ pub struct ServeOptions {
     /// Log format: text or json [default: text].
     #[arg(long, env = "MESHAUDIT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+
+    /// Entra tenant id (GUID) whose access tokens the collector verifies itself, v1 and v2
+    /// issuers (repeatable, or comma-separated) [default: none, raw tokens are not trusted].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ENTRA_TENANT",
+        value_name = "TENANT_ID",
+        value_delimiter = ','
+    )]
+    pub entra_tenant: Option<Vec<String>>,
+
+    /// Audience a verified token must name: the API's client id (GUID) and/or App ID URI
+    /// (repeatable, or comma-separated). Required with --entra-tenant.
+    #[arg(
+        long,
+        env = "MESHAUDIT_AUDIENCE",
+        value_name = "AUD",
+        value_delimiter = ','
+    )]
+    pub audience: Option<Vec<String>>,
+
+    /// JWKS URL used for every tenant instead of Entra's keys endpoints (e.g. a local mirror;
+    /// plain http is allowed, with a warning) [default: Entra's per-tenant endpoints].
+    #[arg(long, env = "MESHAUDIT_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+
+    /// Logged request headers that may carry a raw bearer token, in order; `none` turns raw
+    /// tokens off [default: authorization]. Their values are never stored.
+    #[arg(
+        long,
+        env = "MESHAUDIT_TOKEN_HEADER",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub token_header: Option<Vec<String>>,
+
+    /// Logged request headers carrying claims a proxy forwarded (Istio outputPayloadToHeader,
+    /// base64url JSON). Name one only if a proxy on the path always sets or strips it
+    /// [default: none].
+    #[arg(
+        long,
+        env = "MESHAUDIT_PAYLOAD_HEADER",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub payload_header: Option<Vec<String>>,
+
+    /// Clock skew allowed when checking a token's exp/nbf against the request time [default: 60].
+    #[arg(long, env = "MESHAUDIT_CLOCK_SKEW_SECS", value_name = "SECS")]
+    pub clock_skew_secs: Option<u64>,
+
+    /// Seconds between scheduled refreshes of each signing key set [default: 3600].
+    #[arg(long, env = "MESHAUDIT_JWKS_REFRESH_SECS", value_name = "SECS")]
+    pub jwks_refresh_secs: Option<u64>,
+
+    /// Least seconds between two fetches of one key set triggered by unknown key ids
+    /// [default: 30].
+    #[arg(long, env = "MESHAUDIT_JWKS_MIN_REFRESH_SECS", value_name = "SECS")]
+    pub jwks_min_refresh_secs: Option<u64>,
+
+    /// Timeout of a key fetch, and the longest a record waits for one [default: 5000].
+    #[arg(long, env = "MESHAUDIT_JWKS_TIMEOUT_MS", value_name = "MS")]
+    pub jwks_timeout_ms: Option<u64>,
+
+    /// Directory snapshot (JSON: group and application names, managed identities), reloaded
+    /// when it changes [default: none].
+    #[arg(long, env = "MESHAUDIT_DIRECTORY", value_name = "FILE")]
+    pub directory: Option<PathBuf>,
+
+    /// Memory for cached token verifications, in MiB [default: 64].
+    #[arg(long, env = "MESHAUDIT_TOKEN_CACHE_MIB", value_name = "MIB")]
+    pub token_cache_mib: Option<u64>,
+    /// Postgres to write audit_records to, beside Parquet: postgres://USER:PASSWORD@HOST:PORT/DB.
+    /// Also read from DATABASE_URL (lowest precedence). Never logged with its password.
+    #[arg(
+        long,
+        env = "MESHAUDIT_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Apply the database migrations at start-up (needs a role that owns the schema) [default: false].
+    #[arg(long, env = "MESHAUDIT_MIGRATE_ON_START", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub migrate_on_start: Option<bool>,
+
+    /// Drop Postgres day partitions older than this many days; 0 keeps everything [default: 0].
+    #[arg(long, env = "MESHAUDIT_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u32>,
+
+    /// Records per Postgres transaction (one binary COPY each) [default: 5000].
+    #[arg(long, env = "MESHAUDIT_POSTGRES_BATCH_ROWS", value_name = "ROWS")]
+    pub postgres_batch_rows: Option<usize>,
+
+    /// Directory of the durable spool, on local disk [default: DATA_DIR/_spool].
+    #[arg(long, env = "MESHAUDIT_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Spool size at which ingest slows until the sinks catch up [default: 1073741824].
+    #[arg(long, env = "MESHAUDIT_SPOOL_MAX_BYTES", value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+
+    /// Size at which a spool segment file is closed and a new one started [default: 67108864].
+    #[arg(long, env = "MESHAUDIT_SPOOL_SEGMENT_BYTES", value_name = "BYTES")]
+    pub spool_segment_bytes: Option<u64>,
+
+    /// When an accepted batch is on disk: `interval` (written to the OS, fsync every
+    /// spool_fsync_interval_ms: a killed process loses nothing; a power loss up to one interval)
+    /// or `always` (fsynced before it is accepted: nothing is lost) [default: interval].
+    #[arg(long, env = "MESHAUDIT_SPOOL_FSYNC", value_name = "MODE")]
+    pub spool_fsync: Option<String>,
+
+    /// With spool_fsync = interval, the longest time between fsyncs, in ms [default: 100].
+    #[arg(long, env = "MESHAUDIT_SPOOL_FSYNC_INTERVAL_MS", value_name = "MS")]
+    pub spool_fsync_interval_ms: Option<u64>,
 }
 
 impl ServeOptions {
@@ -226,6 +345,28 @@ impl ServeOptions {
             als_max_stream_age_secs: self
                 .als_max_stream_age_secs
                 .or(file.als_max_stream_age_secs),
+            entra_tenant: self.entra_tenant.or(file.entra_tenant),
+            audience: self.audience.or(file.audience),
+            jwks_url: self.jwks_url.or(file.jwks_url),
+            token_header: self.token_header.or(file.token_header),
+            payload_header: self.payload_header.or(file.payload_header),
+            clock_skew_secs: self.clock_skew_secs.or(file.clock_skew_secs),
+            jwks_refresh_secs: self.jwks_refresh_secs.or(file.jwks_refresh_secs),
+            jwks_min_refresh_secs: self.jwks_min_refresh_secs.or(file.jwks_min_refresh_secs),
+            jwks_timeout_ms: self.jwks_timeout_ms.or(file.jwks_timeout_ms),
+            directory: self.directory.or(file.directory),
+            token_cache_mib: self.token_cache_mib.or(file.token_cache_mib),
+            database_url: self.database_url.or(file.database_url),
+            migrate_on_start: self.migrate_on_start.or(file.migrate_on_start),
+            retention_days: self.retention_days.or(file.retention_days),
+            postgres_batch_rows: self.postgres_batch_rows.or(file.postgres_batch_rows),
+            spool_dir: self.spool_dir.or(file.spool_dir),
+            spool_max_bytes: self.spool_max_bytes.or(file.spool_max_bytes),
+            spool_segment_bytes: self.spool_segment_bytes.or(file.spool_segment_bytes),
+            spool_fsync: self.spool_fsync.or(file.spool_fsync),
+            spool_fsync_interval_ms: self
+                .spool_fsync_interval_ms
+                .or(file.spool_fsync_interval_ms),
         }
     }
 }
@@ -255,7 +396,18 @@ pub struct ServeConfig {
     pub als_stream_idle_timeout: Option<Duration>,
     /// `None` = never.
     pub als_max_stream_age: Option<Duration>,
+    pub identity: IdentityConfig,
+    /// The Postgres sink, when a database URL is given.
+    pub postgres: Option<PostgresConfig>,
+    pub postgres_batch_rows: usize,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub spool_segment_bytes: u64,
+    pub spool_fsync: FsyncMode,
 }
+
+/// `DATABASE_URL` is honoured as the conventional fallback, below every meshaudit spelling.
+const DATABASE_URL_ENV: &str = "DATABASE_URL";
 
 impl ServeConfig {
     /// Merges flags/env over the config file, applies defaults and validates.
@@ -268,12 +420,36 @@ impl ServeConfig {
             }
             None => cli,
         };
+        let database_url = opts.database_url.clone().or_else(|| {
+            std::env::var(DATABASE_URL_ENV)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(DatabaseUrl::new)
+        });
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let spool_fsync = match opts.spool_fsync.as_deref() {
+            None | Some("interval") => FsyncMode::Interval(Duration::from_millis(
+                opts.spool_fsync_interval_ms.unwrap_or(100),
+            )),
+            Some("always") => FsyncMode::Always,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "spool_fsync",
+                    format!("`{other}` is not a durability mode"),
+                    "use interval (the default: fsync every spool_fsync_interval_ms) or always (fsync before a batch is accepted)",
+                ))
+            }
+        };
         let parse_addr = |s: &str| {
             s.parse::<SocketAddr>()
                 .expect("default address literal is valid")
         };
         let (als_tls, als_peers) = resolve_als_tls(&opts)?;
         let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let identity = resolve_identity(&opts)?;
         let cfg = ServeConfig {
             als_addr: opts
                 .als_addr
@@ -281,9 +457,11 @@ impl ServeConfig {
             admin_addr: opts
                 .admin_addr
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_ADDR)),
-            data_dir: opts
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            spool_dir: opts
+                .spool_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("_spool")),
+            data_dir,
             max_message_bytes: opts.max_message_bytes.unwrap_or(4 << 20),
             buffer_messages: opts.buffer_messages.unwrap_or(1024),
             parquet_max_file_bytes: opts.parquet_max_file_bytes.unwrap_or(128 << 20),
@@ -319,7 +497,33 @@ impl ServeConfig {
                 opts.als_max_stream_age_secs
                     .unwrap_or(DEFAULT_ALS_MAX_STREAM_AGE_SECS),
             ),
+            identity,
+            postgres: database_url.map(|url| PostgresConfig {
+                url,
+                migrate_on_start: opts.migrate_on_start.unwrap_or(false),
+                retention_days: opts.retention_days.filter(|d| *d > 0),
+            }),
+            postgres_batch_rows: opts.postgres_batch_rows.unwrap_or(5000),
+            spool_max_bytes: opts.spool_max_bytes.unwrap_or(1 << 30),
+            spool_segment_bytes: opts.spool_segment_bytes.unwrap_or(64 << 20),
+            spool_fsync,
         };
+        if cfg.postgres.is_none() {
+            if opts.migrate_on_start == Some(true) {
+                return Err(ConfigError::invalid(
+                    "migrate_on_start",
+                    "is set but no database is configured",
+                    "set --database-url (or DATABASE_URL), or drop migrate_on_start",
+                ));
+            }
+            if opts.retention_days.is_some_and(|d| d > 0) {
+                return Err(ConfigError::invalid(
+                    "retention_days",
+                    "applies to Postgres partitions but no database is configured",
+                    "set --database-url (or DATABASE_URL), or drop retention_days",
+                ));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -383,6 +587,48 @@ impl ServeConfig {
                 "must be at least 1",
                 "use a value such as 100",
             ));
+        }
+        if let Some(pg) = &self.postgres {
+            if let Err(e) = crate::store::postgres::connect_options(&pg.url) {
+                return Err(ConfigError::invalid(
+                    "database_url",
+                    e.to_string(),
+                    "use postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+                ));
+            }
+        }
+        if self.postgres_batch_rows == 0 {
+            return Err(ConfigError::invalid(
+                "postgres_batch_rows",
+                "must be at least 1",
+                "use a value such as 5000",
+            ));
+        }
+        if self.spool_segment_bytes < 64 << 10 {
+            return Err(ConfigError::invalid(
+                "spool_segment_bytes",
+                format!("{} is too small", self.spool_segment_bytes),
+                "use at least 65536; the default is 67108864",
+            ));
+        }
+        if self.spool_max_bytes < 2 * self.spool_segment_bytes {
+            return Err(ConfigError::invalid(
+                "spool_max_bytes",
+                format!(
+                    "{} is less than two segments ({} bytes each)",
+                    self.spool_max_bytes, self.spool_segment_bytes
+                ),
+                "raise spool_max_bytes (default 1073741824) or lower spool_segment_bytes",
+            ));
+        }
+        if let FsyncMode::Interval(every) = self.spool_fsync {
+            if every.is_zero() || every > Duration::from_secs(10) {
+                return Err(ConfigError::invalid(
+                    "spool_fsync_interval_ms",
+                    format!("{} ms is outside 1..=10000", every.as_millis()),
+                    "use a value such as 100, or spool_fsync = always",
+                ));
+            }
         }
         if self.redact_params.iter().any(|p| p.trim().is_empty()) {
             return Err(ConfigError::invalid(
@@ -458,6 +704,172 @@ fn resolve_als_tls(opts: &ServeOptions) -> Result<(Option<AlsTls>, PeerAuth), Co
     Ok((tls, peers))
 }
 
+/// The identity settings with defaults applied, validated.
+fn resolve_identity(o: &ServeOptions) -> Result<IdentityConfig, ConfigError> {
+    use crate::join::identity as id;
+    let mut tenants: Vec<String> = Vec::new();
+    for t in o.entra_tenant.iter().flatten().map(|t| t.trim()) {
+        if !is_guid(t) {
+            return Err(ConfigError::invalid(
+                "entra_tenant",
+                format!("`{t}` is not a tenant id"),
+                "use the Directory (tenant) ID, a GUID such as 11111111-2222-3333-4444-555555555555 (token issuers carry the GUID, never a domain name)",
+            ));
+        }
+        let t = t.to_ascii_lowercase();
+        if !tenants.contains(&t) {
+            tenants.push(t);
+        }
+    }
+    let audiences: Vec<String> = o
+        .audience
+        .iter()
+        .flatten()
+        .map(|a| a.trim().to_owned())
+        .collect();
+    if audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::invalid(
+            "audience",
+            "contains an empty value",
+            "list audiences separated by commas, without empty entries",
+        ));
+    }
+    if !tenants.is_empty() && audiences.is_empty() {
+        return Err(ConfigError::invalid(
+            "audience",
+            "is required with entra_tenant: a token is only verified if it was issued for this API",
+            "give the API's client id and/or App ID URI, e.g. --audience 7f1b2c3d-0000-4000-8000-00000000a001 --audience api://orders-api",
+        ));
+    }
+    if tenants.is_empty() && !audiences.is_empty() {
+        return Err(ConfigError::invalid(
+            "entra_tenant",
+            "is required when audience is set",
+            "give the tenant id(s) whose tokens to verify with --entra-tenant",
+        ));
+    }
+    let jwks_url = match &o.jwks_url {
+        None => None,
+        Some(u) => {
+            let url = reqwest::Url::parse(u.trim()).map_err(|e| {
+                ConfigError::invalid(
+                    "jwks_url",
+                    format!("`{u}` is not a URL: {e}"),
+                    "give an absolute http(s) URL, e.g. https://keys.example/discovery/v2.0/keys",
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    "jwks_url",
+                    format!("scheme `{}` is not http or https", url.scheme()),
+                    "give an http(s) URL",
+                ));
+            }
+            if tenants.is_empty() {
+                return Err(ConfigError::invalid(
+                    "jwks_url",
+                    "is set but no entra_tenant is, so no key would ever be used",
+                    "add --entra-tenant, or remove --jwks-url",
+                ));
+            }
+            Some(url.to_string())
+        }
+    };
+    let headers = |key: &'static str, given: &Option<Vec<String>>, default: &[&str]| {
+        let names: Vec<String> = match given {
+            None => default.iter().map(|s| (*s).to_owned()).collect(),
+            Some(v) if v.len() == 1 && v[0].trim().eq_ignore_ascii_case("none") => Vec::new(),
+            Some(v) => v.iter().map(|n| n.trim().to_ascii_lowercase()).collect(),
+        };
+        match names
+            .iter()
+            .find(|n| http::HeaderName::from_bytes(n.as_bytes()).is_err())
+        {
+            Some(bad) => Err(ConfigError::invalid(
+                key,
+                format!("`{bad}` is not a header name"),
+                "list header names (letters, digits, '-') separated by commas, or `none`",
+            )),
+            None => Ok(names),
+        }
+    };
+    let token_headers = headers("token_header", &o.token_header, &[id::DEFAULT_TOKEN_HEADER])?;
+    let payload_headers = headers("payload_header", &o.payload_header, &[])?;
+    if let Some(both) = payload_headers.iter().find(|p| token_headers.contains(p)) {
+        return Err(ConfigError::invalid(
+            "payload_header",
+            format!("`{both}` is also a token_header"),
+            "a header carries either a raw token or forwarded claims: name it in one list only",
+        ));
+    }
+    let in_range =
+        |key: &'static str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let v = v.unwrap_or(default);
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::invalid(
+                    key,
+                    format!("{v} is outside {}..={}", range.start(), range.end()),
+                    format!("use a value in that range ({default} is the default)"),
+                ))
+            }
+        };
+    let clock_skew = in_range(
+        "clock_skew_secs",
+        o.clock_skew_secs,
+        id::DEFAULT_CLOCK_SKEW_SECS,
+        0..=600,
+    )?;
+    let refresh = in_range(
+        "jwks_refresh_secs",
+        o.jwks_refresh_secs,
+        id::DEFAULT_JWKS_REFRESH_SECS,
+        60..=86_400,
+    )?;
+    let min_refresh = in_range(
+        "jwks_min_refresh_secs",
+        o.jwks_min_refresh_secs,
+        id::DEFAULT_JWKS_MIN_REFRESH_SECS,
+        1..=refresh,
+    )?;
+    let timeout = in_range(
+        "jwks_timeout_ms",
+        o.jwks_timeout_ms,
+        id::DEFAULT_JWKS_TIMEOUT_MS,
+        100..=60_000,
+    )?;
+    let cache_mib = in_range(
+        "token_cache_mib",
+        o.token_cache_mib,
+        id::DEFAULT_TOKEN_CACHE_MIB,
+        1..=65_536,
+    )?;
+    Ok(IdentityConfig {
+        entra_tenants: tenants,
+        audiences,
+        jwks_url,
+        token_headers,
+        payload_headers,
+        clock_skew: Duration::from_secs(clock_skew),
+        jwks_refresh: Duration::from_secs(refresh),
+        jwks_min_refresh: Duration::from_secs(min_refresh),
+        jwks_timeout: Duration::from_millis(timeout),
+        directory: o.directory.clone(),
+        token_cache_bytes: cache_mib << 20,
+    })
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -528,6 +940,179 @@ mod tests {
         );
         check_env_names(["MESHAUDIT_DATA_DIR".to_owned(), "PATH".to_owned()].into_iter())
             .expect("known");
+    }
+
+    #[test]
+    fn identity_settings() {
+        let tid = "11111111-2222-3333-4444-55555555AAAA";
+        let file: ServeOptions = toml::from_str(&format!(
+            "entra_tenant = [\"{tid}\"]\naudience = [\"api://orders\", \"7f1b2c3d-0000-4000-8000-00000000a001\"]\njwks_url = \"http://127.0.0.1:1/keys\"\ntoken_header = [\"Authorization\", \"x-token\"]\npayload_header = [\"x-jwt-payload\"]\nclock_skew_secs = 30\ndirectory = \"/etc/dir.json\"\n"
+        ))
+        .expect("valid keys");
+        let id = resolve_identity(&ServeOptions::default().or(file)).expect("valid");
+        assert_eq!(id.entra_tenants, ["11111111-2222-3333-4444-55555555aaaa"]);
+        assert_eq!(id.audiences.len(), 2);
+        assert_eq!(id.token_headers, ["authorization", "x-token"]);
+        assert_eq!(id.payload_headers, ["x-jwt-payload"]);
+        assert_eq!(id.clock_skew, Duration::from_secs(30));
+        assert_eq!(id.jwks_min_refresh, Duration::from_secs(30));
+        assert_eq!(id.directory.as_deref(), Some(Path::new("/etc/dir.json")));
+
+        let defaults = resolve_identity(&ServeOptions::default()).expect("defaults");
+        assert_eq!(defaults, IdentityConfig::default());
+        let off = ServeOptions {
+            token_header: Some(vec!["none".into()]),
+            ..Default::default()
+        };
+        assert!(resolve_identity(&off)
+            .expect("valid")
+            .token_headers
+            .is_empty());
+
+        let bad = |o: ServeOptions, key: &str| {
+            let msg = resolve_identity(&o).expect_err("invalid").to_string();
+            assert!(msg.contains(key) && msg.contains("Fix:"), "{msg}");
+        };
+        let tenant = || Some(vec![tid.to_owned()]);
+        let aud = || Some(vec!["api://orders".to_owned()]);
+        bad(
+            ServeOptions {
+                entra_tenant: Some(vec!["contoso.com".into()]),
+                audience: aud(),
+                ..Default::default()
+            },
+            "--entra-tenant",
+        );
+        bad(
+            ServeOptions {
+                entra_tenant: tenant(),
+                ..Default::default()
+            },
+            "--audience",
+        );
+        bad(
+            ServeOptions {
+                audience: aud(),
+                ..Default::default()
+            },
+            "MESHAUDIT_ENTRA_TENANT",
+        );
+        bad(
+            ServeOptions {
+                entra_tenant: tenant(),
+                audience: aud(),
+                jwks_url: Some("ftp://x/keys".into()),
+                ..Default::default()
+            },
+            "--jwks-url",
+        );
+        bad(
+            ServeOptions {
+                jwks_url: Some("https://x/keys".into()),
+                ..Default::default()
+            },
+            "--jwks-url",
+        );
+        bad(
+            ServeOptions {
+                token_header: Some(vec!["bad header".into()]),
+                ..Default::default()
+            },
+            "--token-header",
+        );
+        bad(
+            ServeOptions {
+                payload_header: Some(vec!["authorization".into()]),
+                ..Default::default()
+            },
+            "--payload-header",
+        );
+        bad(
+            ServeOptions {
+                clock_skew_secs: Some(3600),
+                ..Default::default()
+            },
+            "--clock-skew-secs",
+        );
+        bad(
+            ServeOptions {
+                jwks_refresh_secs: Some(100),
+                jwks_min_refresh_secs: Some(200),
+                ..Default::default()
+            },
+            "--jwks-min-refresh-secs",
+        );
+        bad(
+            ServeOptions {
+                jwks_timeout_ms: Some(10),
+                ..Default::default()
+            },
+            "--jwks-timeout-ms",
+        );
+        bad(
+            ServeOptions {
+                token_cache_mib: Some(0),
+                ..Default::default()
+            },
+            "--token-cache-mib",
+        );
+    }
+
+    #[test]
+    fn storage_settings_are_validated_with_a_fix() {
+        let base = || ServeConfig::resolve(ServeOptions::default()).expect("defaults are valid");
+        assert_eq!(
+            base().spool_fsync,
+            FsyncMode::Interval(Duration::from_millis(100))
+        );
+        let err = ServeConfig::resolve(ServeOptions {
+            spool_fsync: Some("sometimes".into()),
+            ..Default::default()
+        })
+        .expect_err("bad mode")
+        .to_string();
+        assert!(
+            err.contains("--spool-fsync") && err.contains("always"),
+            "{err}"
+        );
+        let cfg = ServeConfig {
+            spool_max_bytes: 1 << 20,
+            ..base()
+        };
+        let err = cfg
+            .validate()
+            .expect_err("bound below two segments")
+            .to_string();
+        assert!(
+            err.contains("MESHAUDIT_SPOOL_MAX_BYTES") && err.contains("Fix:"),
+            "{err}"
+        );
+        let err = ServeConfig::resolve(ServeOptions {
+            retention_days: Some(30),
+            ..Default::default()
+        });
+        // Without a database (unless the environment names one), retention has nothing to act on.
+        if std::env::var_os("DATABASE_URL").is_none() {
+            let err = err.expect_err("no database").to_string();
+            assert!(
+                err.contains("--retention-days") && err.contains("--database-url"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_database_password_never_shows_in_debug_output() {
+        let opts = ServeOptions {
+            database_url: Some(DatabaseUrl::new("postgres://audit:hunter2@db/mesh")),
+            ..Default::default()
+        };
+        let cfg = ServeConfig::resolve(opts.clone()).expect("valid");
+        let shown = format!("{opts:?} {cfg:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("audit:****@db"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod join;
 pub mod loadgen;
 pub mod record;
+pub mod report;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

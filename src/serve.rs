@@ -4,7 +4,9 @@
 //! Order matters: sinks are opened and listeners bound before the collector reports ready, so a
 //! bad data dir or a taken port fails at start-up with a clear message. On a signal: readiness
 //! drops, every ALS stream ends with UNAVAILABLE (Envoy reconnects to another replica), the
-//! listener closes, and the writer finishes every file within the shutdown deadline.
+//! listener closes, the spool takes its last batches, and every sink drains what is spooled
+//! within the shutdown deadline; what a sink could not take (Postgres down) stays in the spool
+//! and is delivered at the next start. The exit is 0 either way: nothing accepted is lost.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,16 +21,26 @@ use crate::admin::{self, AdminState};
 use crate::config::ServeConfig;
 use crate::ingest::limits::StreamLimits;
 use crate::ingest::service::{AlsServer, StreamHandler};
+use crate::join::identity::{IdentityError, IdentityResolver};
 use crate::join::redact::Redactor;
 use crate::join::Joiner;
+use crate::store::metrics::SinkId;
 use crate::store::parquet::{ParquetConfig, ParquetError, ParquetSink};
 use crate::store::pipeline;
+use crate::store::postgres::{PgError, PostgresSink};
+use crate::store::spool::{Spool, SpoolConfig, SpoolError};
 use crate::telemetry::{self, Metrics};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
     #[error(transparent)]
     Parquet(#[from] ParquetError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
     #[error("cannot listen on {what} {addr}: {source}. Fix: choose a free port with {flag}")]
     Bind {
         what: &'static str,
@@ -42,15 +54,13 @@ pub enum ServeError {
     Otel(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("the ALS server failed: {0}")]
     Server(#[from] tonic::transport::Error),
-    #[error("could not finish writing within the shutdown deadline of {0:?}; unfinished files are left as .parquet.inprogress")]
-    DrainTimeout(std::time::Duration),
-    #[error("the writer thread panicked")]
-    WriterPanicked,
 }
 
 pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let metrics = Metrics::new();
     let otel = telemetry::init_otel(&metrics)?;
+    // Before anything is opened: a bad directory snapshot fails start-up at once.
+    let identity = IdentityResolver::new(&cfg.identity, Arc::clone(&metrics))?;
 
     let sink = ParquetSink::new(
         ParquetConfig {
@@ -62,9 +72,35 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         },
         Arc::clone(&metrics),
     )?;
+    let mut sinks = vec![SinkId::Parquet];
+    if cfg.postgres.is_some() {
+        sinks.push(SinkId::Postgres);
+    }
+    let (spool, appender) = Spool::open(
+        SpoolConfig {
+            dir: cfg.spool_dir.clone(),
+            max_bytes: cfg.spool_max_bytes,
+            segment_bytes: cfg.spool_segment_bytes,
+            fsync: cfg.spool_fsync,
+            queue_batches: cfg.buffer_messages,
+            sinks: sinks.clone(),
+        },
+        Arc::clone(&metrics.store),
+        tokio::runtime::Handle::current(),
+    )?;
+    let postgres = match &cfg.postgres {
+        Some(pg) => Some((
+            PostgresSink::start(pg, Arc::clone(&metrics.store)).await?,
+            cfg.postgres_batch_rows,
+        )),
+        None => None,
+    };
     let pipeline = pipeline::start(
+        spool,
+        appender,
         sink,
-        cfg.buffer_messages,
+        postgres,
+        cfg.parquet_row_group_rows,
         Arc::clone(&metrics),
         tokio::runtime::Handle::current(),
     )
@@ -91,6 +127,7 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         let state = AdminState {
             ready: Arc::clone(&ready),
             metrics: Arc::clone(&metrics),
+            sinks,
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -103,11 +140,14 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         })
     };
 
+    // Signing keys are loaded (bounded wait) before the collector reports ready.
+    identity.start(&shutdown).await;
     let handler = Arc::new(StreamHandler {
-        joiner: Arc::new(Joiner::new(Redactor::new(
-            cfg.redact_params.iter().map(String::as_str),
-        ))),
-        out: pipeline.sender.clone(),
+        joiner: Arc::new(
+            Joiner::new(Redactor::new(cfg.redact_params.iter().map(String::as_str)))
+                .with_identity(identity),
+        ),
+        out: pipeline.appender.clone(),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
         peers: cfg.als_peers.clone(),
@@ -132,11 +172,17 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
             stop,
         )),
     };
-    // Only the server's handler holds a sender now: when the server is gone, the writer drains.
-    drop(pipeline.sender);
 
     ready.store(true, Ordering::Release);
-    info!(%als_addr, %admin_addr, data_dir = %cfg.data_dir.display(), "meshaudit collector ready");
+    info!(
+        %als_addr,
+        %admin_addr,
+        data_dir = %cfg.data_dir.display(),
+        spool_dir = %cfg.spool_dir.display(),
+        spool_fsync = ?cfg.spool_fsync,
+        postgres = cfg.postgres.as_ref().map(|p| p.url.to_string()),
+        "meshaudit collector ready"
+    );
     match &cfg.als_tls {
         None => {
             warn!(%als_addr, "ALS listener is plaintext (h2c); inside the mesh, Istio mTLS protects it")
@@ -153,7 +199,7 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     }
 
     wait_for_signal().await;
-    info!("shutting down: ending ALS streams and finishing files");
+    info!("shutting down: ending ALS streams and draining the sinks");
     ready.store(false, Ordering::Release);
     shutdown.cancel();
 
@@ -162,15 +208,17 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => error!(error = %e, "ALS server ended with an error"),
         Ok(Err(e)) => error!(error = %e, "ALS server task failed"),
-        Err(_) => return Err(ServeError::DrainTimeout(cfg.shutdown_timeout)),
+        Err(_) => error!("ALS server did not stop within the shutdown deadline"),
     }
-    let writer = tokio::task::spawn_blocking(move || pipeline.writer.join());
-    let written = match tokio::time::timeout_at(deadline, writer).await {
-        Err(_) => return Err(ServeError::DrainTimeout(cfg.shutdown_timeout)),
-        Ok(Err(_)) | Ok(Ok(Err(_))) => return Err(ServeError::WriterPanicked),
-        Ok(Ok(Ok(result))) => result,
-    };
-    written?;
+    // Accepted batches are in the spool whatever happens now; the drain only decides whether
+    // the sinks have them before exit or at the next start.
+    let drained = pipeline.drain(deadline).await;
+    if !drained.complete {
+        warn!(
+            behind_bytes = drained.behind_bytes,
+            "not every sink took everything before the shutdown deadline; the spool keeps the rest for the next start"
+        );
+    }
     let _ = admin_task.await;
     otel.shutdown();
     info!(

@@ -49,8 +49,75 @@ impl Rejection {
     }
 }
 
+/// One counter value: name (without `meshaudit_` and `_total`), help, labels, value.
+type Counter = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u64,
+);
+
+/// Receive-to-accepted latency of records: from the moment their message is read to the moment
+/// the spool has taken the batch, which is durable (fsynced) with `--spool-fsync always` and
+/// written, fsynced within the interval, otherwise. Fixed logarithmic buckets of atomics
+/// (10 µs × 1.1^i): recording is one relaxed add; a quantile is read as its bucket's upper
+/// bound, so it reads at most 10 % high.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+}
+
+const LATENCY_BUCKETS: usize = 160;
+const LATENCY_BASE_MICROS: f64 = 10.0;
+const LATENCY_FACTOR: f64 = 1.1;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Records `count` records that took `micros`.
+    pub fn record(&self, micros: i64, count: u64) {
+        let m = micros.max(0) as f64;
+        let i = if m <= LATENCY_BASE_MICROS {
+            0
+        } else {
+            ((m / LATENCY_BASE_MICROS).ln() / LATENCY_FACTOR.ln()).ceil() as usize
+        };
+        self.buckets[i.min(LATENCY_BUCKETS - 1)].fetch_add(count, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// The `q` quantile in seconds (its bucket's upper bound); `None` when nothing was recorded.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(LATENCY_BASE_MICROS * LATENCY_FACTOR.powi(i as i32) / 1e6);
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Receive-to-accepted latency per record (see [`LatencyHistogram`]).
+    pub accept_latency: LatencyHistogram,
     pub streams_opened: AtomicU64,
     pub streams_active: AtomicU64,
     pub stream_errors: AtomicU64,
@@ -72,6 +139,18 @@ pub struct Metrics {
     pub parquet_write_errors: AtomicU64,
     pub batch_write_seconds_sum_micros: AtomicU64,
     pub batch_write_count: AtomicU64,
+    /// RSA signature checks of raw tokens: with the verification cache, one per distinct token.
+    pub jwt_signature_checks: AtomicU64,
+    pub jwt_cache_hits: AtomicU64,
+    pub jwt_cache_misses: AtomicU64,
+    pub jwks_fetches: AtomicU64,
+    pub jwks_fetch_errors: AtomicU64,
+    /// Records that waited for a key refresh (an unknown `kid`).
+    pub jwks_key_waits: AtomicU64,
+    pub directory_reloads: AtomicU64,
+    pub directory_reload_errors: AtomicU64,
+    /// The spool's and the sinks' series.
+    pub store: Arc<crate::store::metrics::StoreMetrics>,
     batch_write_histogram: std::sync::OnceLock<Histogram<f64>>,
 }
 
@@ -103,14 +182,7 @@ impl Metrics {
         }
     }
 
-    fn counters(
-        &self,
-    ) -> [(
-        &'static str,
-        &'static str,
-        &[(&'static str, &'static str)],
-        u64,
-    ); 17] {
+    fn counters(&self) -> [Counter; 25] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -215,6 +287,54 @@ impl Metrics {
                 &[],
                 g(&self.batch_write_count),
             ),
+            (
+                "jwt_signature_checks",
+                "RSA signature checks of raw tokens (one per distinct token while cached)",
+                &[],
+                g(&self.jwt_signature_checks),
+            ),
+            (
+                "jwt_verification_cache",
+                "raw-token verification cache lookups",
+                &[("result", "hit")],
+                g(&self.jwt_cache_hits),
+            ),
+            (
+                "jwt_verification_cache",
+                "raw-token verification cache lookups",
+                &[("result", "miss")],
+                g(&self.jwt_cache_misses),
+            ),
+            (
+                "jwks_fetches",
+                "signing key set fetches",
+                &[("result", "ok")],
+                g(&self.jwks_fetches),
+            ),
+            (
+                "jwks_fetches",
+                "signing key set fetches",
+                &[("result", "error")],
+                g(&self.jwks_fetch_errors),
+            ),
+            (
+                "jwks_key_waits",
+                "records that waited for a key refresh after naming an unknown kid",
+                &[],
+                g(&self.jwks_key_waits),
+            ),
+            (
+                "directory_reloads",
+                "directory snapshot reloads",
+                &[("result", "ok")],
+                g(&self.directory_reloads),
+            ),
+            (
+                "directory_reloads",
+                "directory snapshot reloads",
+                &[("result", "error")],
+                g(&self.directory_reload_errors),
+            ),
         ]
     }
 
@@ -248,6 +368,24 @@ impl Metrics {
             "# TYPE meshaudit_sink_batch_write_seconds_sum counter\nmeshaudit_sink_batch_write_seconds_sum {:.6}",
             self.batch_write_seconds_sum_micros.load(Relaxed) as f64 / 1e6
         );
+        let _ = writeln!(
+            out,
+            "# HELP meshaudit_accept_latency_seconds receive-to-accepted latency of records (in the spool; fsynced with --spool-fsync always)\n# TYPE meshaudit_accept_latency_seconds summary"
+        );
+        for q in ["0.5", "0.9", "0.99", "0.999"] {
+            if let Some(v) = q.parse().ok().and_then(|q| self.accept_latency.quantile(q)) {
+                let _ = writeln!(
+                    out,
+                    "meshaudit_accept_latency_seconds{{quantile=\"{q}\"}} {v:.6}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "meshaudit_accept_latency_seconds_count {}",
+            self.accept_latency.count()
+        );
+        self.store.render(&mut out);
         out
     }
 }
@@ -310,6 +448,45 @@ pub fn init_otel(
             })
             .build();
     }
+    // The store's series (spool, sink lag, retries, Postgres rows), from the same list that
+    // /metrics renders.
+    let mut store_names: Vec<(&'static str, crate::store::metrics::Kind, &'static str)> =
+        Vec::new();
+    for s in metrics.store.series() {
+        if !store_names.iter().any(|(n, _, _)| *n == s.name) {
+            store_names.push((s.name, s.kind, s.help));
+        }
+    }
+    for (name, kind, help) in store_names {
+        let m = Arc::clone(metrics);
+        let observe = move |obs: &dyn opentelemetry::metrics::AsyncInstrument<u64>| {
+            for s in m.store.series().into_iter().filter(|s| s.name == name) {
+                let attrs: Vec<KeyValue> = s
+                    .sink
+                    .map(|k| KeyValue::new("sink", k))
+                    .into_iter()
+                    .collect();
+                obs.observe(s.value, &attrs);
+            }
+        };
+        let otel_name = format!("meshaudit.{}", name.replace('_', "."));
+        match kind {
+            crate::store::metrics::Kind::Gauge => {
+                meter
+                    .u64_observable_gauge(otel_name)
+                    .with_description(help)
+                    .with_callback(move |o| observe(o))
+                    .build();
+            }
+            crate::store::metrics::Kind::Counter => {
+                meter
+                    .u64_observable_counter(otel_name)
+                    .with_description(help)
+                    .with_callback(move |o| observe(o))
+                    .build();
+            }
+        }
+    }
     let _ = metrics.batch_write_histogram.set(
         meter
             .f64_histogram("meshaudit.sink.batch.write.duration")
@@ -336,5 +513,25 @@ pub fn init_logging(json: bool) {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_buckets_within_ten_percent() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        h.record(1_000, 98); // 1 ms
+        h.record(200_000, 2); // 200 ms
+        let p50 = h.quantile(0.5).expect("recorded");
+        assert!((0.001..=0.0011).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).expect("recorded");
+        assert!((0.2..=0.22).contains(&p99), "{p99}");
+        h.record(-5, 1);
+        h.record(i64::MAX, 1);
+        assert_eq!(h.count(), 102);
     }
 }

@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, StdError};
@@ -29,14 +28,14 @@ use super::wire::stream_access_logs_message::LogEntries;
 use super::wire::StreamAccessLogsMessage;
 use crate::join::{Joiner, StreamContext};
 use crate::record::id::EntryType;
-use crate::record::AuditRecord;
 use crate::telemetry::{Metrics, Rejection};
 
 pub const SERVICE_NAME: &str = "envoy.service.accesslog.v3.AccessLogService";
 pub const METHOD_PATH: &str = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs";
 
-/// Where accepted records go: one batch per ALS message.
-pub type RecordSender = mpsc::Sender<Vec<AuditRecord>>;
+/// Where accepted records go: one batch per ALS message. `send` returns once the batch is
+/// durable in the spool; only then is it accepted.
+pub type RecordSender = crate::store::spool::Appender;
 
 /// Reads ALS streams. Shared by every stream.
 pub struct StreamHandler {
@@ -153,7 +152,11 @@ impl StreamHandler {
             // whole or refused whole.
             let mut batch = Vec::with_capacity(entries.len());
             for entry in entries {
-                match self.joiner.join(ctx, kind, entry, received_at) {
+                match self
+                    .joiner
+                    .join_waiting_for_keys(ctx, kind, entry, received_at)
+                    .await
+                {
                     Ok(rec) => batch.push(rec),
                     Err(e) => return Err(self.reject(Rejection::Malformed, e.to_string())),
                 }
@@ -166,6 +169,9 @@ impl StreamHandler {
             }
             self.metrics.messages_received.fetch_add(1, Relaxed);
             self.metrics.entries_received.fetch_add(n, Relaxed);
+            self.metrics
+                .accept_latency
+                .record(now_micros() - received_at, n);
             if clock.message(tokio::time::Instant::now()) {
                 // Past its maximum age: end now, right after a flush, when nothing is in flight.
                 let why = super::limits::StreamEnd::MaxAge;

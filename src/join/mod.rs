@@ -4,6 +4,7 @@
 //! Invariant: the join does no I/O and reads no clock; `received_at` is handed in. Anything that
 //! needs the network (JWKS keys) is fetched elsewhere and only read here.
 
+pub mod identity;
 pub mod peer;
 pub mod policy;
 pub mod redact;
@@ -17,7 +18,8 @@ use thiserror::Error;
 use crate::ingest::pbstruct::StructError;
 use crate::ingest::wire::{HttpAccessLogEntry, Identifier, TcpAccessLogEntry};
 use crate::record::id::{record_id, EntryType};
-use crate::record::{values, AuditRecord};
+use crate::record::AuditRecord;
+use identity::{IdentityResolver, KeyNeed};
 
 use redact::Redactor;
 
@@ -69,14 +71,29 @@ impl StreamContext {
 #[derive(Debug, Default)]
 pub struct Joiner {
     redactor: Redactor,
+    identity: IdentityResolver,
 }
 
 impl Joiner {
     pub fn new(redactor: Redactor) -> Self {
-        Joiner { redactor }
+        Joiner {
+            redactor,
+            identity: IdentityResolver::default(),
+        }
     }
 
-    /// Decodes one encoded entry and builds its record.
+    /// Uses `identity` (tenants, keys, directory) for the Identity columns.
+    pub fn with_identity(mut self, identity: IdentityResolver) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    pub fn identity(&self) -> &IdentityResolver {
+        &self.identity
+    }
+
+    /// Decodes one encoded entry and builds its record. A raw token naming a key not yet
+    /// loaded is judged `unknown_key` at once; [`Joiner::join_waiting_for_keys`] refreshes first.
     pub fn join(
         &self,
         ctx: &StreamContext,
@@ -84,6 +101,36 @@ impl Joiner {
         entry: &Bytes,
         received_at_micros: i64,
     ) -> Result<AuditRecord, JoinError> {
+        self.join_once(ctx, kind, entry, received_at_micros)
+            .map(|(rec, _)| rec)
+    }
+
+    /// Like [`Joiner::join`], but when a raw token names a key its issuer's key set lacks,
+    /// waits (bounded, rate limited; see `identity`) for that set to be refreshed and joins the
+    /// entry again. The join itself stays free of I/O: only this wrapper awaits.
+    pub async fn join_waiting_for_keys(
+        &self,
+        ctx: &StreamContext,
+        kind: EntryType,
+        entry: &Bytes,
+        received_at_micros: i64,
+    ) -> Result<AuditRecord, JoinError> {
+        let (rec, need) = self.join_once(ctx, kind, entry, received_at_micros)?;
+        match need {
+            Some(need) if self.identity.await_keys(need).await => {
+                self.join(ctx, kind, entry, received_at_micros)
+            }
+            _ => Ok(rec),
+        }
+    }
+
+    fn join_once(
+        &self,
+        ctx: &StreamContext,
+        kind: EntryType,
+        entry: &Bytes,
+        received_at_micros: i64,
+    ) -> Result<(AuditRecord, Option<KeyNeed>), JoinError> {
         let mut rec = AuditRecord {
             record_id: record_id(&ctx.node_id_raw, &ctx.log_name_raw, kind, entry),
             received_at: received_at_micros,
@@ -92,7 +139,7 @@ impl Joiner {
             mesh_cluster: ctx.mesh_cluster.clone(),
             ..Default::default()
         };
-        match kind {
+        let need = match kind {
             EntryType::Http => {
                 let e = HttpAccessLogEntry::decode(entry.clone()).map_err(|source| {
                     JoinError::Decode {
@@ -104,7 +151,13 @@ impl Joiner {
                     traffic::fill_common(&mut rec, common)?;
                 }
                 traffic::fill_http(&mut rec, &e, &self.redactor);
-                fill_unjoined_identity_and_policy(&mut rec, &policy::Evidence::http(&e))?;
+                let need = self.identity.fill(
+                    &mut rec,
+                    e.common_properties.as_ref(),
+                    e.request.as_ref(),
+                )?;
+                policy::decide(&policy::Evidence::http(&e))?.fill(&mut rec);
+                need
             }
             EntryType::Tcp => {
                 let e = TcpAccessLogEntry::decode(entry.clone()).map_err(|source| {
@@ -117,27 +170,13 @@ impl Joiner {
                     traffic::fill_common(&mut rec, common)?;
                 }
                 traffic::fill_tcp(&mut rec, &e);
-                fill_unjoined_identity_and_policy(&mut rec, &policy::Evidence::tcp(&e))?;
+                let need = self
+                    .identity
+                    .fill(&mut rec, e.common_properties.as_ref(), None)?;
+                policy::decide(&policy::Evidence::tcp(&e))?.fill(&mut rec);
+                need
             }
-        }
-        Ok(rec)
+        };
+        Ok((rec, need))
     }
-}
-
-/// Identity before any evidence is read: an mTLS peer is a workload, else anonymous; no token.
-/// Policy from the authorizers' evidence in the entry (see [`policy`]).
-fn fill_unjoined_identity_and_policy(
-    rec: &mut AuditRecord,
-    evidence: &policy::Evidence<'_>,
-) -> Result<(), JoinError> {
-    let (kind, source) = if rec.source_principal.is_some() {
-        (values::KIND_WORKLOAD, values::SOURCE_MTLS)
-    } else {
-        (values::KIND_ANONYMOUS, values::SOURCE_NONE)
-    };
-    rec.identity_kind = kind.to_owned();
-    rec.identity_source = source.to_owned();
-    rec.token_status = values::TOKEN_ABSENT.to_owned();
-    policy::decide(evidence)?.fill(rec);
-    Ok(())
 }

@@ -46,11 +46,18 @@ pub fn schema() -> SchemaRef {
 
 /// Encodes records column by column into one Arrow batch.
 pub fn to_record_batch(records: &[AuditRecord]) -> Result<RecordBatch, ArrowError> {
+    let refs: Vec<&AuditRecord> = records.iter().collect();
+    to_record_batch_refs(&refs)
+}
+
+/// Like [`to_record_batch`], for records that live in shared buffers (the spool's frames), so
+/// that a sink need not clone them.
+pub fn to_record_batch_refs(records: &[&AuditRecord]) -> Result<RecordBatch, ArrowError> {
     let columns: Vec<ArrayRef> = COLUMNS.iter().map(|c| build_column(c, records)).collect();
     RecordBatch::try_new(schema(), columns)
 }
 
-fn build_column(col: &Column, records: &[AuditRecord]) -> ArrayRef {
+fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
     let n = records.len();
     match col.get {
         Getter::Text(get) => {

@@ -1,7 +1,13 @@
 //! Store: accepted records to durable sinks. Only this layer touches the filesystem or a database.
 //!
+//! - `spool`: the durable log between ingest and the sinks (group commit, per-sink cursors).
 //! - `parquet`: the embedded default sink (Hive-partitioned Parquet files).
-//! - `pipeline`: the writer thread between ingest and the sinks.
+//! - `postgres`: the Postgres sink (binary COPY, idempotent on record_id) and its schema.
+//! - `pipeline`: one driver per sink, reading the spool and acknowledging what is durable.
+//! - `metrics`: the store's counters and gauges.
 
+pub mod metrics;
 pub mod parquet;
 pub mod pipeline;
+pub mod postgres;
+pub mod spool;

@@ -8,6 +8,9 @@
 //! - Memory is bounded: rows are buffered per partition up to `row_group_rows`, then encoded
 //!   into a row group; files roll at `max_file_bytes` or `max_file_age`.
 //! - All work here is blocking; it runs on its own thread, never on the async runtime.
+//! - What is durable is what is in closed files: [`ParquetSink::durable_lsn`] is the spool
+//!   position below which every record pushed is in a closed, renamed file. On a crash, records
+//!   in unfinished files are replayed from the spool (at-least-once, as the contract allows).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -24,6 +27,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::record::{arrow as record_arrow, AuditRecord};
+use crate::store::spool::Frame;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, Error)]
@@ -83,6 +87,18 @@ impl Partition {
     }
 }
 
+/// A buffered row: a record inside a spool frame shared with the other sinks.
+struct Row {
+    frame: Arc<Frame>,
+    index: usize,
+}
+
+impl Row {
+    fn record(&self) -> &AuditRecord {
+        &self.frame.records[self.index]
+    }
+}
+
 struct OpenFile {
     writer: ArrowWriter<File>,
     tmp_path: PathBuf,
@@ -97,8 +113,12 @@ pub struct ParquetSink {
     /// Distinguishes this process's files from other replicas' writing to the same storage.
     instance: String,
     seq: u64,
-    buffers: HashMap<Partition, Vec<AuditRecord>>,
+    buffers: HashMap<Partition, Vec<Row>>,
     open: HashMap<Partition, OpenFile>,
+    /// Per partition with rows not yet in a closed file: the spool LSN of the oldest such row.
+    pending_since: HashMap<Partition, u64>,
+    /// End LSN of the last frame pushed.
+    pushed_end: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -118,7 +138,7 @@ impl ParquetSink {
             warn!(
                 files = stale,
                 data_dir = %cfg.data_dir.display(),
-                "found unfinished .parquet.inprogress files from an earlier run; they are left in place"
+                "found unfinished .parquet.inprogress files from an earlier run; their records are written again from the spool, so once no other process writes to this data dir they can be deleted"
             );
         }
         let zstd = ZstdLevel::try_new(cfg.zstd_level)?;
@@ -135,21 +155,57 @@ impl ParquetSink {
             seq: 0,
             buffers: HashMap::new(),
             open: HashMap::new(),
+            pending_since: HashMap::new(),
+            pushed_end: 0,
             metrics,
         })
     }
 
-    /// Takes records; encodes a row group whenever a partition's buffer is full.
-    pub fn push(&mut self, records: Vec<AuditRecord>) -> Result<(), ParquetError> {
-        for rec in records {
-            let p = Partition::of(&rec);
+    /// Takes a spool frame's records; encodes a row group whenever a partition's buffer is full.
+    /// After an error, call [`ParquetSink::reset`] and push again from the durable position.
+    pub fn push(&mut self, frame: &Arc<Frame>) -> Result<(), ParquetError> {
+        self.pushed_end = frame.end;
+        for (index, rec) in frame.records.iter().enumerate() {
+            let p = Partition::of(rec);
+            self.pending_since.entry(p).or_insert(frame.start);
             let buf = self.buffers.entry(p).or_default();
-            buf.push(rec);
+            buf.push(Row {
+                frame: Arc::clone(frame),
+                index,
+            });
             if buf.len() >= self.cfg.row_group_rows {
                 self.encode(p)?;
             }
         }
         Ok(())
+    }
+
+    /// True while some pushed record is not yet in a closed file.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_since.is_empty()
+    }
+
+    /// The spool position below which every pushed record is in a closed file.
+    pub fn durable_lsn(&self) -> u64 {
+        self.pending_since
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.pushed_end)
+    }
+
+    /// Forgets everything not yet in a closed file (unfinished files are deleted); the caller
+    /// pushes again from `rewind_to`, the durable position it had acknowledged.
+    pub fn reset(&mut self, rewind_to: u64) {
+        self.pushed_end = rewind_to;
+        self.buffers.clear();
+        self.pending_since.clear();
+        for (_, f) in self.open.drain() {
+            drop(f.writer);
+            if let Err(e) = fs::remove_file(&f.tmp_path) {
+                warn!(path = %f.tmp_path.display(), error = %e, "cannot remove an abandoned unfinished parquet file");
+            }
+        }
     }
 
     /// Encodes every buffered row and closes files that are old enough. Called on a timer.
@@ -198,7 +254,9 @@ impl ParquetSink {
             return Ok(());
         };
         let started = Instant::now();
-        let batch = record_arrow::to_record_batch(&rows)?;
+        let refs: Vec<&AuditRecord> = rows.iter().map(Row::record).collect();
+        let batch = record_arrow::to_record_batch_refs(&refs)?;
+        drop(refs);
         if !self.open.contains_key(&p) {
             let f = self.create(p)?;
             self.open.insert(p, f);
@@ -206,14 +264,9 @@ impl ParquetSink {
         let Some(file) = self.open.get_mut(&p) else {
             return Ok(());
         };
-        // ArrowWriter flushes a row group by itself every `row_group_rows` rows.
-        if let Err(e) = file.writer.write(&batch) {
-            // Keep the rows for the next attempt, in a new file; the failed one is abandoned
-            // under its temporary name.
-            self.open.remove(&p);
-            self.buffers.entry(p).or_default().extend(rows);
-            return Err(e.into());
-        }
+        // ArrowWriter flushes a row group by itself every `row_group_rows` rows. On failure the
+        // caller resets and replays from the spool.
+        file.writer.write(&batch)?;
         file.rows += rows.len() as u64;
         let size = (file.writer.bytes_written() + file.writer.in_progress_size()) as u64;
         self.metrics.batch_written("parquet", started.elapsed());
@@ -265,6 +318,10 @@ impl ParquetSink {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io(dir))?;
+        }
+        // Only now are this partition's rows durable; rows buffered since keep it pending.
+        if self.buffers.get(&p).is_none_or(Vec::is_empty) {
+            self.pending_since.remove(&p);
         }
         self.metrics.parquet_files_written.fetch_add(1, Relaxed);
         self.metrics
@@ -338,8 +395,14 @@ mod tests {
         // 2026-03-02T10:15:04Z and 2026-03-02T11:00:00Z
         let t10 = 1_772_446_504_000_000;
         let t11 = 1_772_449_200_000_000;
-        sink.push(vec![rec("a", t10), rec("b", t10), rec("c", t11)])
-            .expect("push");
+        let frame = Arc::new(Frame {
+            start: 100,
+            end: 200,
+            records: vec![rec("a", t10), rec("b", t10), rec("c", t11)],
+        });
+        sink.push(&frame).expect("push");
+        // Rows sit in an unfinished file and a buffer: nothing is durable past the frame start.
+        assert_eq!(sink.durable_lsn(), 100);
         let files = parquet_files(dir.path());
         assert_eq!(files.len(), 1, "{files:?}");
         assert!(files[0].to_string_lossy().ends_with(".parquet.inprogress"));
@@ -347,6 +410,7 @@ mod tests {
             .to_string_lossy()
             .contains("dt=2026-03-02/hour=10/"));
         sink.finish().expect("finish");
+        assert_eq!(sink.durable_lsn(), 200);
         let files = parquet_files(dir.path());
         assert_eq!(files.len(), 2, "{files:?}");
         assert!(files
@@ -355,5 +419,39 @@ mod tests {
         assert!(files[1]
             .to_string_lossy()
             .contains("dt=2026-03-02/hour=11/part-"));
+    }
+
+    #[test]
+    fn reset_deletes_unfinished_files_and_rewinds_durability() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = ParquetConfig {
+            data_dir: dir.path().to_path_buf(),
+            max_file_bytes: 1 << 30,
+            max_file_age: Duration::from_secs(3600),
+            row_group_rows: 1,
+            zstd_level: 1,
+        };
+        let mut sink = ParquetSink::new(cfg, Metrics::new()).expect("sink");
+        let t = 1_772_446_504_000_000;
+        let f1 = Arc::new(Frame {
+            start: 0,
+            end: 10,
+            records: vec![rec("a", t)],
+        });
+        sink.push(&f1).expect("push");
+        sink.finish().expect("finish");
+        assert_eq!(sink.durable_lsn(), 10);
+        let f2 = Arc::new(Frame {
+            start: 10,
+            end: 20,
+            records: vec![rec("b", t)],
+        });
+        sink.push(&f2).expect("push");
+        assert_eq!(sink.durable_lsn(), 10);
+        sink.reset(10);
+        assert_eq!(sink.durable_lsn(), 10);
+        let files = parquet_files(dir.path());
+        assert_eq!(files.len(), 1, "only the closed file is left: {files:?}");
+        assert!(files[0].extension().is_some_and(|e| e == "parquet"));
     }
 }

@@ -1,83 +1,327 @@
-//! The writer thread: receives accepted batches from ingest and feeds the sinks.
+//! The pipeline: ingest appends to the spool; one driver per sink reads the spool from the
+//! sink's cursor, writes, and acknowledges what the sink has made durable.
 //!
-//! Ingest hands batches over a bounded channel; when it is full, stream reads wait (HTTP/2 flow
-//! control reaches Envoy) instead of memory growing. The thread ends when every sender is gone
-//! (the server has stopped), after finishing every file.
+//! A sink that fails is retried with back-off from its last acknowledged position, without
+//! holding up the other sinks: the spool keeps what it has not taken (up to its bound). The
+//! Parquet driver is a thread (encoding and file I/O are blocking); the Postgres driver is a
+//! task (its I/O is async).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
-use tracing::error;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
+use super::metrics::SinkId;
 use super::parquet::{ParquetError, ParquetSink};
-use crate::record::AuditRecord;
+use super::postgres::PostgresSink;
+use super::spool::{Appender, Next, SinkReader, Spool};
 use crate::telemetry::Metrics;
 
-/// How often buffered rows are encoded and old files closed.
+/// How often buffered Parquet rows are encoded and old files closed.
 const TICK: Duration = Duration::from_millis(500);
-/// Back-off after a failed write before the same rows are tried again.
-const RETRY: Duration = Duration::from_secs(1);
+/// First back-off after a failed write; doubles up to MAX_BACKOFF.
+const BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-pub struct Pipeline {
-    pub sender: mpsc::Sender<Vec<AuditRecord>>,
-    pub writer: JoinHandle<Result<(), ParquetError>>,
+/// Marks a sink driver as ended when dropped, which also happens when it panics: `/readyz` then
+/// reports the collector unready instead of accepting records no sink will take.
+struct ExitFlag<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for ExitFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(1, Relaxed);
+    }
 }
 
-/// Starts the writer thread. `capacity` is in messages (batches), not records.
+pub struct Pipeline {
+    /// Where ingest hands accepted batches.
+    pub appender: Appender,
+    spool: Spool,
+    parquet_done: oneshot::Receiver<()>,
+    postgres: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+/// How the drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Every sink took everything before the deadline.
+    pub complete: bool,
+    /// Spooled bytes the slowest sink has yet to take (delivered at the next start).
+    pub behind_bytes: u64,
+}
+
+/// Starts one driver per sink. `rt` runs the Parquet thread's waits.
 pub fn start(
-    mut sink: ParquetSink,
-    capacity: usize,
+    spool: Spool,
+    appender: Appender,
+    parquet: ParquetSink,
+    postgres: Option<(PostgresSink, usize)>,
+    row_group_rows: usize,
     metrics: Arc<Metrics>,
     rt: Handle,
 ) -> std::io::Result<Pipeline> {
-    let (sender, mut rx) = mpsc::channel::<Vec<AuditRecord>>(capacity);
-    let writer = std::thread::Builder::new()
-        .name("meshaudit-parquet".into())
-        .spawn(move || {
-            let mut next_tick = Instant::now() + TICK;
-            loop {
-                let wait = next_tick.saturating_duration_since(Instant::now());
-                // The timeout is built inside the async block: its timer must be created
-                // within the runtime's context, which `block_on` enters; built outside, on this
-                // plain thread, it panics ("no reactor running") and kills the writer.
-                match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                    Ok(Some(batch)) => {
-                        if let Err(e) = sink.push(batch) {
-                            failed(&metrics, &e);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_elapsed) => {}
-                }
-                if Instant::now() >= next_tick {
-                    if let Err(e) = sink.tick() {
-                        failed(&metrics, &e);
-                        std::thread::sleep(RETRY);
-                    }
-                    next_tick = Instant::now() + TICK;
-                }
-            }
-            sink.finish()
-        })?;
-    Ok(Pipeline { sender, writer })
+    let stop = CancellationToken::new();
+    let reader = spool
+        .reader(SinkId::Parquet)
+        .ok_or_else(|| std::io::Error::other("the spool has no parquet cursor"))?;
+    let (done_tx, parquet_done) = oneshot::channel();
+    {
+        let stop = stop.clone();
+        let metrics = Arc::clone(&metrics);
+        std::thread::Builder::new()
+            .name("meshaudit-parquet".into())
+            .spawn(move || {
+                let _exited = ExitFlag(&metrics.store.sink(SinkId::Parquet).driver_exited);
+                run_parquet(parquet, reader, row_group_rows, &metrics, &stop, &rt);
+                let _ = done_tx.send(());
+            })?;
+    }
+    let postgres = match postgres {
+        Some((sink, batch_rows)) => {
+            let reader = spool
+                .reader(SinkId::Postgres)
+                .ok_or_else(|| std::io::Error::other("the spool has no postgres cursor"))?;
+            Some(tokio::spawn(run_postgres(
+                sink,
+                reader,
+                batch_rows,
+                metrics,
+                stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    Ok(Pipeline {
+        appender,
+        spool,
+        parquet_done,
+        postgres,
+        stop,
+    })
 }
 
-fn failed(metrics: &Metrics, e: &ParquetError) {
-    metrics.parquet_write_errors.fetch_add(1, Relaxed);
-    error!(error = %e, "parquet write failed; will retry");
+impl Pipeline {
+    /// Stops taking batches, lets every sink take what is spooled until `deadline`, then
+    /// persists the cursors. What a sink could not take stays spooled for the next start.
+    /// Call after ingest has stopped.
+    pub async fn drain(self, deadline: tokio::time::Instant) -> Drained {
+        let Pipeline {
+            appender,
+            mut spool,
+            parquet_done,
+            postgres,
+            stop,
+        } = self;
+        drop(appender);
+        let spool = match tokio::task::spawn_blocking(move || {
+            spool.close_appends();
+            spool
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "closing the spool failed");
+                return Drained {
+                    complete: false,
+                    behind_bytes: 0,
+                };
+            }
+        };
+        let sinks = async {
+            let _ = parquet_done.await;
+            if let Some(pg) = postgres {
+                let _ = pg.await;
+            }
+        };
+        let complete = tokio::time::timeout_at(deadline, sinks).await.is_ok();
+        if !complete {
+            warn!("shutdown deadline reached before every sink took everything; stopping them");
+        }
+        // The drivers stop between writes; nothing is acknowledged that is not durable.
+        stop.cancel();
+        let behind_bytes = tokio::task::spawn_blocking(move || spool.shutdown())
+            .await
+            .unwrap_or(0);
+        Drained {
+            complete: complete && behind_bytes == 0,
+            behind_bytes,
+        }
+    }
+}
+
+fn run_parquet(
+    mut sink: ParquetSink,
+    mut reader: SinkReader,
+    row_group_rows: usize,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+    rt: &Handle,
+) {
+    // Nothing pushed yet: durable up to where this sink's cursor already is.
+    sink.reset(reader.acked());
+    let mut next_tick = Instant::now() + TICK;
+    let mut backoff = BACKOFF;
+    while !stop.is_cancelled() {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let step: Result<bool, ParquetError> =
+            match rt.block_on(reader.next(row_group_rows, wait.max(Duration::from_millis(1)))) {
+                Next::Batch(b) => b
+                    .frames
+                    .iter()
+                    .try_for_each(|f| sink.push(f))
+                    .map(|()| false),
+                Next::Idle => Ok(false),
+                Next::Closed => sink.finish().map(|()| true),
+            };
+        let step = step.and_then(|closed| {
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                sink.tick()?;
+            }
+            Ok(closed)
+        });
+        // Open files hold the cursor back until they close (by size or age). When that alone
+        // would fill half the spool, close them now: smaller files beat slowing ingest.
+        let step = step.and_then(|closed| {
+            let lag = reader.end().saturating_sub(sink.durable_lsn());
+            if !closed && sink.has_pending() && lag > reader.max_bytes() / 2 {
+                info!(
+                    spool_lag_bytes = lag,
+                    "closing parquet files early: they hold half the spool back"
+                );
+                sink.finish()?;
+            }
+            Ok(closed)
+        });
+        match step {
+            Ok(closed) => {
+                reader.ack(sink.durable_lsn());
+                backoff = BACKOFF;
+                if closed {
+                    info!("parquet sink drained");
+                    return;
+                }
+            }
+            Err(e) => {
+                metrics.parquet_write_errors.fetch_add(1, Relaxed);
+                metrics
+                    .store
+                    .sink(SinkId::Parquet)
+                    .retries
+                    .fetch_add(1, Relaxed);
+                error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "parquet write failed; unfinished files are dropped and their records written again from the spool");
+                sink.reset(reader.acked());
+                reader.rewind();
+                let pause = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                rt.block_on(async {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn run_postgres(
+    mut sink: PostgresSink,
+    mut reader: SinkReader,
+    batch_rows: usize,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let store = Arc::clone(&metrics.store);
+    let _exited = ExitFlag(&store.sink(SinkId::Postgres).driver_exited);
+    let mut failures: u32 = 0;
+    let mut backoff = BACKOFF;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            n = reader.next(batch_rows, Duration::from_secs(1)) => n,
+        };
+        let batch = match next {
+            Next::Closed => {
+                info!("postgres sink drained");
+                return;
+            }
+            Next::Idle => {
+                if let Err(e) = sink.maintain_if_due().await {
+                    warn!(error = %e, "postgres partition maintenance failed; will retry");
+                }
+                continue;
+            }
+            Next::Batch(b) => b,
+        };
+        // The same batch until it is in: a batch is one transaction, so a failure leaves
+        // nothing half-written, and a retry of a batch that did commit inserts nothing twice.
+        loop {
+            let records = batch.frames.iter().flat_map(|f| f.records.iter());
+            let written = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                w = sink.write(records) => w,
+            };
+            match written {
+                Ok(_) => {
+                    reader.ack(batch.end);
+                    if failures > 0 {
+                        info!(
+                            failed_attempts = failures,
+                            "postgres sink recovered; spooled records are being delivered"
+                        );
+                    }
+                    failures = 0;
+                    backoff = BACKOFF;
+                    if let Err(e) = sink.maintain_if_due().await {
+                        warn!(error = %e, "postgres partition maintenance failed; will retry");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    metrics
+                        .store
+                        .sink(SinkId::Postgres)
+                        .retries
+                        .fetch_add(1, Relaxed);
+                    let lag = reader.end().saturating_sub(reader.acked());
+                    if failures == 1 || e.needs_operator() {
+                        error!(error = %e, spool_lag_bytes = lag, retry_in_ms = backoff.as_millis() as u64, "postgres sink cannot write; records stay in the spool and are retried");
+                    } else {
+                        warn!(error = %e, attempt = failures, spool_lag_bytes = lag, retry_in_ms = backoff.as_millis() as u64, "postgres sink still cannot write");
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::AuditRecord;
     use crate::store::parquet::ParquetConfig;
+    use crate::store::spool::{FsyncMode, SpoolConfig};
 
+    /// The writer and Parquet threads build their timers inside the runtime (a timer built on a
+    /// plain thread panics with "no reactor running"): started from outside any runtime, the
+    /// pipeline still writes what it is sent and drains.
     #[test]
-    fn writer_thread_writes_what_it_is_sent() {
+    fn pipeline_started_from_a_plain_thread_writes_what_it_is_sent() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -96,20 +340,38 @@ mod tests {
             Arc::clone(&metrics),
         )
         .expect("sink");
-        let p = start(sink, 4, Arc::clone(&metrics), rt.handle().clone()).expect("start");
+        let (spool, appender) = Spool::open(
+            SpoolConfig {
+                dir: dir.path().join("_spool"),
+                max_bytes: 1 << 30,
+                segment_bytes: 1 << 20,
+                fsync: FsyncMode::Interval(Duration::from_millis(100)),
+                queue_batches: 4,
+                sinks: vec![SinkId::Parquet],
+            },
+            Arc::clone(&metrics.store),
+            rt.handle().clone(),
+        )
+        .expect("spool");
+        let p = start(
+            spool,
+            appender,
+            sink,
+            None,
+            16,
+            Arc::clone(&metrics),
+            rt.handle().clone(),
+        )
+        .expect("start");
         let rec = AuditRecord {
             record_id: "a".into(),
             start_time: Some(1_772_446_504_000_000),
             received_at: 1_772_446_504_000_000,
             ..Default::default()
         };
-        rt.block_on(p.sender.send(vec![rec]))
-            .expect("writer is alive");
-        drop(p.sender);
-        p.writer
-            .join()
-            .expect("writer thread must not panic")
-            .expect("writer finishes cleanly");
+        rt.block_on(p.appender.send(vec![rec])).expect("accepted");
+        let drained = rt.block_on(p.drain(tokio::time::Instant::now() + Duration::from_secs(10)));
+        assert!(drained.complete, "{drained:?}");
         assert_eq!(metrics.parquet_records_written.load(Relaxed), 1);
     }
 }

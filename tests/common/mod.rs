@@ -3,6 +3,8 @@
 //! SIGTERM, and reads the Parquet it wrote with the `parquet` crate's Arrow reader.
 #![allow(dead_code)]
 
+pub mod jwt;
+pub mod pg;
 pub mod raw;
 pub mod tls;
 
@@ -46,8 +48,25 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 }
 
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
+    free_addrs::<1>()[0]
+}
+
+/// `N` distinct free loopback addresses: every listener is held until all are bound, so two
+/// calls cannot hand out the same port (as binding and dropping one at a time can).
+pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr"))
+}
+
+/// The runtime integration tests drive clients with.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// A running collector process.
@@ -68,8 +87,7 @@ impl Collector {
     }
 
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Collector {
-        let als_addr = free_addr();
-        let admin_addr = free_addr();
+        let [als_addr, admin_addr] = free_addrs::<2>();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshaudit"));
         cmd.arg("serve")
             .args([

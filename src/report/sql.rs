@@ -1,0 +1,266 @@
+//! Compiles a [`Section`] to SQL text: what Postgres runs, and what the report shows an auditor.
+//!
+//! Two dialects from one compiler: PostgreSQL over `audit_records`, and DuckDB over the Parquet
+//! files (`read_parquet('DIR/**/*.parquet', hive_partitioning = true)`), so evidence from either
+//! store can be re-run with a stock tool. Both count `DISTINCT record_id`, which over Parquet
+//! removes the duplicates that at-least-once delivery may leave and over Postgres (one row per
+//! record_id) changes nothing.
+//!
+//! Only compiled-in constants (the contract's value sets) are written into the text, quoted;
+//! user input (time range, privileged roles and groups) is always a `$n` placeholder bound at
+//! execution. For DuckDB, the data directory is a quoted literal (it is the auditor's own path,
+//! and that text is shown, never run by meshaudit).
+
+use std::fmt::Write as _;
+
+use super::spec::{GroupExpr, MeasureKind, Param, Pred, Section};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    /// DuckDB over the Parquet files under this data directory.
+    DuckDb {
+        data_dir: String,
+    },
+}
+
+/// A section's SQL and, in `$n` order, the parameters it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub text: String,
+    pub params: Vec<Param>,
+}
+
+/// A SQL string literal for a compiled-in constant (never for user input).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+struct Compiler<'a> {
+    dialect: &'a Dialect,
+    params: Vec<Param>,
+}
+
+impl Compiler<'_> {
+    fn placeholder(&mut self, p: Param) -> String {
+        let n = match self.params.iter().position(|q| *q == p) {
+            Some(i) => i + 1,
+            None => {
+                self.params.push(p);
+                self.params.len()
+            }
+        };
+        match (self.dialect, p) {
+            (Dialect::Postgres, Param::From | Param::To) => format!("${n}::timestamptz"),
+            (Dialect::Postgres, _) => format!("${n}::text[]"),
+            (Dialect::DuckDb { .. }, Param::From | Param::To) => format!("${n}::TIMESTAMPTZ"),
+            (Dialect::DuckDb { .. }, _) => format!("${n}::VARCHAR[]"),
+        }
+    }
+
+    fn source(&self) -> String {
+        match self.dialect {
+            Dialect::Postgres => "audit_records".to_owned(),
+            Dialect::DuckDb { data_dir } => {
+                let glob = format!("{}/**/*.parquet", data_dir.trim_end_matches('/'));
+                format!("read_parquet({}, hive_partitioning = true)", literal(&glob))
+            }
+        }
+    }
+
+    fn pred(&mut self, p: &Pred) -> String {
+        match p {
+            Pred::Eq(c, v) => format!("{c} = {}", literal(v)),
+            Pred::In(c, vs) => {
+                let list: Vec<String> = vs.iter().map(|v| literal(v)).collect();
+                format!("{c} IN ({})", list.join(", "))
+            }
+            Pred::NotNull(c) => format!("{c} IS NOT NULL"),
+            Pred::Overlaps(c, param) => {
+                let ph = self.placeholder(*param);
+                match self.dialect {
+                    Dialect::Postgres => format!("{c} && {ph}"),
+                    Dialect::DuckDb { .. } => format!("list_has_any({c}, {ph})"),
+                }
+            }
+            Pred::And(ps) => self.join(ps, " AND "),
+            Pred::Or(ps) => self.join(ps, " OR "),
+            Pred::Not(p) => format!("NOT {}", self.pred(p)),
+        }
+    }
+
+    fn join(&mut self, ps: &[Pred], sep: &str) -> String {
+        let parts: Vec<String> = ps.iter().map(|p| self.pred(p)).collect();
+        format!("({})", parts.join(sep))
+    }
+
+    fn group_expr(&mut self, e: &GroupExpr) -> String {
+        match e {
+            GroupExpr::Col(c) => c.to_string(),
+            GroupExpr::Coalesce(cs) => format!("coalesce({})", cs.join(", ")),
+            GroupExpr::Intersect(c, param) => {
+                let ph = self.placeholder(*param);
+                match self.dialect {
+                    // COLLATE "C": byte order, whatever the database's collation, so that the
+                    // same set of roles is always the same array (and the same group).
+                    Dialect::Postgres => format!(
+                        "ARRAY(SELECT x FROM (SELECT DISTINCT unnest(r.{c}) AS x) AS u \
+                         WHERE x = ANY({ph}) ORDER BY x COLLATE \"C\")"
+                    ),
+                    Dialect::DuckDb { .. } => format!(
+                        "list_sort(list_distinct(list_intersect(coalesce(r.{c}, []::VARCHAR[]), {ph})))"
+                    ),
+                }
+            }
+        }
+    }
+
+    fn time_range(&mut self) -> String {
+        let from = self.placeholder(Param::From);
+        let to = self.placeholder(Param::To);
+        format!("start_time >= {from} AND start_time < {to}")
+    }
+}
+
+/// The SQL of one section.
+pub fn compile(section: &Section, dialect: &Dialect) -> Query {
+    let mut c = Compiler {
+        dialect,
+        params: Vec::new(),
+    };
+    // $1 and $2 are always the time range, whatever else the section binds.
+    c.placeholder(Param::From);
+    c.placeholder(Param::To);
+    let source = c.source();
+    let mut sql = String::new();
+
+    if let Some(b) = &section.baseline {
+        let keys = b.keys.join(", ");
+        let time = c.time_range();
+        let pred = c.pred(&b.pred);
+        let _ = write!(
+            sql,
+            "WITH baseline AS (\n  SELECT {keys}\n  FROM {source}\n  WHERE {time}\n  GROUP BY {keys}\n  \
+             HAVING 100 * count(DISTINCT record_id) FILTER (WHERE {pred})\n       > {} * count(DISTINCT record_id)\n)\n",
+            b.min_percent
+        );
+    }
+
+    // Outer query: group and measure over the matching records of the inner one.
+    let names: Vec<&str> = section.group_by.iter().map(|g| g.name).collect();
+    let mut select: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    for m in &section.measures {
+        let counted = match m.kind {
+            MeasureKind::Records => "count(DISTINCT record_id)".to_owned(),
+            MeasureKind::DistinctValues(col) => format!("count(DISTINCT {col})"),
+        };
+        let filter = m
+            .filter
+            .as_ref()
+            .map(|f| format!(" FILTER (WHERE {})", c.pred(f)))
+            .unwrap_or_default();
+        select.push(format!("{counted}{filter} AS {}", m.name));
+    }
+
+    // Inner query: the records, plus the computed group columns.
+    let mut inner_cols = vec!["r.*".to_owned()];
+    for g in &section.group_by {
+        if !matches!(g.expr, GroupExpr::Col(_)) {
+            inner_cols.push(format!("{} AS {}", c.group_expr(&g.expr), g.name));
+        }
+    }
+    let mut conds = vec![c.time_range()];
+    if let Some(f) = &section.filter {
+        conds.push(c.pred(f));
+    }
+    if let Some(b) = &section.baseline {
+        let on: Vec<String> = b
+            .keys
+            .iter()
+            .map(|k| format!("b.{k} IS NOT DISTINCT FROM r.{k}"))
+            .collect();
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM baseline AS b WHERE {})",
+            on.join(" AND ")
+        ));
+    }
+    let _ = write!(
+        sql,
+        "SELECT {}\nFROM (\n  SELECT {}\n  FROM {source} AS r\n  WHERE {}\n) AS t\nGROUP BY {}\nORDER BY {} DESC",
+        select.join(",\n       "),
+        inner_cols.join(",\n         "),
+        conds.join("\n    AND "),
+        names.join(", "),
+        section.measures[0].name,
+    );
+    Query {
+        text: sql,
+        params: c.params,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::sections;
+    use super::*;
+
+    #[test]
+    fn every_section_binds_the_time_range_first_and_only_what_it_uses() {
+        for d in [
+            Dialect::Postgres,
+            Dialect::DuckDb {
+                data_dir: "/data/it's here".into(),
+            },
+        ] {
+            for s in sections() {
+                let q = compile(&s, &d);
+                assert_eq!(q.params[..2], [Param::From, Param::To], "{}", s.id);
+                for (i, _) in q.params.iter().enumerate() {
+                    assert!(q.text.contains(&format!("${}::", i + 1)), "{}", s.id);
+                }
+                assert!(!q.text.contains(&format!("${}", q.params.len() + 1)));
+                // Balanced quotes and parentheses: the text is well formed.
+                assert_eq!(q.text.matches('(').count(), q.text.matches(')').count());
+                assert_eq!(q.text.matches('\'').count() % 2, 0, "{}", q.text);
+            }
+        }
+    }
+
+    #[test]
+    fn privileged_lists_are_parameters() {
+        let s = sections()
+            .into_iter()
+            .find(|s| s.id == "privileged_access")
+            .expect("section");
+        let q = compile(&s, &Dialect::Postgres);
+        assert_eq!(
+            q.params,
+            vec![
+                Param::From,
+                Param::To,
+                Param::PrivilegedRoles,
+                Param::PrivilegedGroups
+            ]
+        );
+        assert!(q.text.contains("roles && $3::text[]"), "{}", q.text);
+        assert!(q.text.contains("groups && $4::text[]"), "{}", q.text);
+    }
+
+    #[test]
+    fn constants_are_quoted_and_the_duckdb_path_is_escaped() {
+        assert_eq!(literal("it's"), "'it''s'");
+        let s = &sections()[0];
+        let q = compile(
+            s,
+            &Dialect::DuckDb {
+                data_dir: "/d/o'x/".into(),
+            },
+        );
+        assert!(
+            q.text
+                .contains("read_parquet('/d/o''x/**/*.parquet', hive_partitioning = true)"),
+            "{}",
+            q.text
+        );
+    }
+}

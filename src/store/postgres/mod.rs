@@ -1,0 +1,461 @@
+//! The Postgres sink: batches of spooled records into `audit_records`, exactly once.
+//!
+//! Each batch is one transaction: binary COPY into a per-connection temporary staging table,
+//! then `INSERT ... SELECT ... ON CONFLICT (record_id, start_time) DO NOTHING`. COPY is the
+//! fastest way in; the staging step makes it idempotent, so a batch replayed after a crash or
+//! an outage, or an entry a client sent twice, never duplicates a row. A failed batch is rolled
+//! back whole and retried by the pipeline; nothing is acknowledged to the spool before COMMIT.
+//!
+//! The partition of every day in a batch is created before the COPY (and days ahead on a
+//! timer), so rows never land in the default partition except those without a start_time.
+
+pub mod bench;
+pub mod copy;
+pub mod schema;
+pub mod url;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, Connection};
+use thiserror::Error;
+use tracing::{debug, info};
+
+use self::url::DatabaseUrl;
+use crate::record::{AuditRecord, COLUMNS};
+use crate::store::metrics::StoreMetrics;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often partitions ahead are created and retention applied.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(3600);
+const STAGING: &str = "meshaudit_staging";
+
+#[derive(Debug, Error)]
+pub enum PgError {
+    #[error("invalid database URL {url}: {reason}. Fix: use postgres://USER:PASSWORD@HOST:PORT/DATABASE in --database-url (or DATABASE_URL)")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot reach Postgres at {target}: {reason}. Fix: check the host and port in --database-url and that the server is up and reachable")]
+    Unreachable { target: String, reason: String },
+    #[error("Postgres refused the login of user `{user}` at {target}: {reason}. Fix: check the user name and password in --database-url (or DATABASE_URL) and pg_hba.conf")]
+    Auth {
+        user: String,
+        target: String,
+        reason: String,
+    },
+    #[error("Postgres at {target} has no database `{database}`. Fix: create it (createdb {database}) or correct the database name in --database-url")]
+    NoDatabase { target: String, database: String },
+    #[error("Postgres role `{role}` lacks {what}. Fix: {fix}")]
+    Permission {
+        role: String,
+        what: String,
+        fix: String,
+    },
+    #[error("Postgres denied {context}: {reason}. Fix: grant the collector's role INSERT on audit_records, TEMPORARY on the database and EXECUTE on the meshaudit_* functions (`meshaudit migrate` needs an owner role)")]
+    Denied {
+        context: &'static str,
+        reason: String,
+    },
+    #[error("the database has schema version {database} but this meshaudit binary knows only up to {binary}. Fix: run a meshaudit release that supports schema {database}; never point an older collector at a newer schema")]
+    SchemaTooNew { database: i64, binary: i64 },
+    #[error("the database schema is {} but this binary writes version {binary}. Fix: run `meshaudit migrate --database-url URL` (with an owner role), or start with --migrate-on-start", .database.map_or("missing".to_owned(), |v| format!("at version {v}")))]
+    SchemaMissing { database: Option<i64>, binary: i64 },
+    #[error("Postgres server version {version} is too old. Fix: use PostgreSQL 15 or newer (the schema uses UNIQUE NULLS NOT DISTINCT)")]
+    ServerTooOld { version: i64 },
+    #[error("migrating the database failed: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("Postgres error while {context}: {reason}")]
+    Query {
+        context: &'static str,
+        reason: String,
+    },
+    #[error("cannot open a TLS connection to Postgres at {target}: {reason}. Fix: check sslmode in --database-url; for a private CA add sslrootcert=/path/ca.pem; sslmode=verify-full also checks the host name")]
+    Tls { target: String, reason: String },
+    #[error("timed out after {0:?} connecting to Postgres at {1}. Fix: check the host and port in --database-url and network policies")]
+    Timeout(Duration, String),
+}
+
+/// Turns a driver error into one that says what to fix. The URL is never part of the text.
+pub(crate) fn classify(e: sqlx::Error, context: &'static str) -> PgError {
+    let reason = url::redact(&e.to_string());
+    if let sqlx::Error::Database(db) = &e {
+        if db.code().as_deref() == Some("42501") {
+            return PgError::Denied { context, reason };
+        }
+    }
+    PgError::Query { context, reason }
+}
+
+/// Like [`classify`], for the connection step, where more can be said.
+fn classify_connect(e: sqlx::Error, opts: &PgConnectOptions) -> PgError {
+    let target = target(opts);
+    let reason = url::redact(&e.to_string());
+    match &e {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(code) if code.starts_with("28") => PgError::Auth {
+                user: opts.get_username().to_owned(),
+                target,
+                reason,
+            },
+            Some("3D000") => PgError::NoDatabase {
+                target,
+                database: opts.get_database().unwrap_or_default().to_owned(),
+            },
+            Some("42501") => PgError::Denied {
+                context: "the connection",
+                reason,
+            },
+            _ => PgError::Query {
+                context: "connecting",
+                reason,
+            },
+        },
+        sqlx::Error::Tls(_) => PgError::Tls { target, reason },
+        // rustls reports a rejected server certificate as an I/O error of the handshake.
+        sqlx::Error::Io(e) if e.to_string().contains("certificate") => {
+            PgError::Tls { target, reason }
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => PgError::Unreachable { target, reason },
+        _ => PgError::Query {
+            context: "connecting",
+            reason,
+        },
+    }
+}
+
+fn target(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or(opts.get_username())
+    )
+}
+
+impl PgError {
+    /// True for errors that retrying cannot fix without an operator.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            PgError::Auth { .. }
+                | PgError::NoDatabase { .. }
+                | PgError::Permission { .. }
+                | PgError::Denied { .. }
+                | PgError::SchemaTooNew { .. }
+                | PgError::SchemaMissing { .. }
+                | PgError::BadUrl { .. }
+                | PgError::Tls { .. }
+        )
+    }
+}
+
+/// Parses the URL into driver options (no password in any error).
+pub fn connect_options(url: &DatabaseUrl) -> Result<PgConnectOptions, PgError> {
+    url.connect_options()
+        .map(|o| o.application_name("meshaudit"))
+        .map_err(|reason| PgError::BadUrl {
+            url: url.to_string(),
+            reason,
+        })
+}
+
+/// One connection, with a clear error on every way it can fail.
+pub async fn connect(opts: &PgConnectOptions) -> Result<PgConnection, PgError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(opts)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(classify_connect(e, opts)),
+        Err(_) => Err(PgError::Timeout(CONNECT_TIMEOUT, target(opts))),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url: DatabaseUrl,
+    pub migrate_on_start: bool,
+    /// Drop day partitions older than this many days; None keeps everything.
+    pub retention_days: Option<u32>,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub inserted: u64,
+    /// Rows already present (replays, re-sent entries).
+    pub duplicates: u64,
+}
+
+pub struct PostgresSink {
+    opts: PgConnectOptions,
+    target: String,
+    retention_days: Option<u32>,
+    conn: Option<PgConnection>,
+    /// Days (since 1970-01-01) whose partition is known to exist.
+    known_days: HashSet<i64>,
+    next_maintenance: Instant,
+    buf: Vec<u8>,
+    copy_sql: String,
+    insert_sql: String,
+    metrics: Arc<StoreMetrics>,
+}
+
+impl PostgresSink {
+    /// Connects, migrates when configured to, and checks the schema version and privileges, so
+    /// a bad URL, a wrong password, a missing grant or a newer schema fail at start-up.
+    pub async fn start(cfg: &PostgresConfig, metrics: Arc<StoreMetrics>) -> Result<Self, PgError> {
+        let opts = connect_options(&cfg.url)?;
+        let cols = copy::column_list();
+        let mut sink = PostgresSink {
+            target: target(&opts),
+            opts,
+            retention_days: cfg.retention_days,
+            conn: None,
+            known_days: HashSet::new(),
+            next_maintenance: Instant::now(),
+            buf: Vec::new(),
+            copy_sql: format!("COPY {STAGING} ({cols}) FROM STDIN WITH (FORMAT binary)"),
+            insert_sql: format!(
+                "INSERT INTO audit_records ({cols}) SELECT {cols} FROM {STAGING} \
+                 ON CONFLICT (record_id, start_time) DO NOTHING"
+            ),
+            metrics,
+        };
+        let mut conn = connect(&sink.opts).await?;
+        if cfg.migrate_on_start {
+            schema::migrate(&mut conn).await?;
+        }
+        sink.conn = Some(conn);
+        sink.ready_connection().await?;
+        sink.maintain_if_due().await?;
+        info!(target = %sink.target, schema = schema::SCHEMA_VERSION, "postgres sink ready");
+        Ok(sink)
+    }
+
+    /// Checks a fresh connection and creates its staging table.
+    async fn ready_connection(&mut self) -> Result<&mut PgConnection, PgError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                let c = connect(&self.opts).await?;
+                self.conn.insert(c)
+            }
+        };
+        let result = async {
+            schema::check_writable(conn).await?;
+            // Declared from COLUMNS rather than `LIKE audit_records`, which would need SELECT on
+            // the table; constraints are checked by the INSERT into audit_records.
+            let cols: Vec<String> = COLUMNS
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.column_type().sql()))
+                .collect();
+            let sql = format!(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ({}) ON COMMIT DELETE ROWS",
+                cols.join(", ")
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| classify(e, "creating the staging table"))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.conn = None;
+            return Err(e);
+        }
+        // Just assigned above.
+        self.conn.as_mut().ok_or(PgError::Query {
+            context: "connecting",
+            reason: "connection lost".into(),
+        })
+    }
+
+    async fn conn(&mut self) -> Result<&mut PgConnection, PgError> {
+        if self.conn.is_none() {
+            self.ready_connection().await?;
+            self.known_days.clear();
+            info!(target = %self.target, "postgres sink reconnected");
+        }
+        self.conn.as_mut().ok_or(PgError::Query {
+            context: "connecting",
+            reason: "connection lost".into(),
+        })
+    }
+
+    /// Partitions ahead and retention, hourly. Errors are returned (and retried by the caller).
+    pub async fn maintain_if_due(&mut self) -> Result<(), PgError> {
+        if Instant::now() < self.next_maintenance {
+            return Ok(());
+        }
+        let retention = self.retention_days;
+        let conn = self.conn().await?;
+        let result = async {
+            schema::ensure_partitions_ahead(conn).await?;
+            if let Some(days) = retention {
+                schema::apply_retention(conn, days).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &result {
+            self.drop_connection_on(e);
+            return result;
+        }
+        // Dropped partitions must be created again if an old record still arrives.
+        self.known_days.clear();
+        self.next_maintenance = Instant::now() + MAINTAIN_EVERY;
+        Ok(())
+    }
+
+    /// Writes records in one transaction; all or nothing.
+    pub async fn write<'a, I>(&mut self, records: I) -> Result<Written, PgError>
+    where
+        I: IntoIterator<Item = &'a AuditRecord> + Clone,
+    {
+        let result = self.write_inner(records).await;
+        if let Err(e) = &result {
+            self.drop_connection_on(e);
+        }
+        result
+    }
+
+    fn drop_connection_on(&mut self, e: &PgError) {
+        // The connection may be mid-COPY or mid-transaction; a new one is the simple safe state.
+        // The caller logs the failure; this only notes the reconnect.
+        debug!(target = %self.target, error = %e, "dropping the postgres connection after a failure");
+        self.conn = None;
+    }
+
+    async fn write_inner<'a, I>(&mut self, records: I) -> Result<Written, PgError>
+    where
+        I: IntoIterator<Item = &'a AuditRecord> + Clone,
+    {
+        self.ensure_days(records.clone()).await?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        copy::header(&mut buf);
+        let mut n = 0u64;
+        for r in records {
+            copy::row(&mut buf, r);
+            n += 1;
+        }
+        copy::trailer(&mut buf);
+        let copy_sql = std::mem::take(&mut self.copy_sql);
+        let insert_sql = std::mem::take(&mut self.insert_sql);
+        let conn = self.conn().await;
+        let result = match conn {
+            Ok(conn) => copy_and_insert(conn, &copy_sql, &insert_sql, &buf).await,
+            Err(e) => Err(e),
+        };
+        self.copy_sql = copy_sql;
+        self.insert_sql = insert_sql;
+        self.buf = buf;
+        let inserted = result?;
+        let w = Written {
+            inserted,
+            duplicates: n - inserted.min(n),
+        };
+        self.metrics
+            .postgres_rows_inserted
+            .fetch_add(w.inserted, Relaxed);
+        self.metrics
+            .postgres_rows_duplicate
+            .fetch_add(w.duplicates, Relaxed);
+        Ok(w)
+    }
+
+    async fn ensure_days<'a, I>(&mut self, records: I) -> Result<(), PgError>
+    where
+        I: IntoIterator<Item = &'a AuditRecord>,
+    {
+        let mut missing: Vec<i64> = Vec::new();
+        for r in records {
+            if let Some(us) = r.start_time {
+                let day = us.div_euclid(86_400_000_000);
+                if !self.known_days.contains(&day) && !missing.contains(&day) {
+                    missing.push(day);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn().await?;
+        for day in &missing {
+            schema::ensure_partition(conn, *day).await?;
+        }
+        if self.known_days.len() > 10_000 {
+            self.known_days.clear();
+        }
+        self.known_days.extend(missing);
+        Ok(())
+    }
+}
+
+async fn copy_and_insert(
+    conn: &mut PgConnection,
+    copy_sql: &str,
+    insert_sql: &str,
+    data: &[u8],
+) -> Result<u64, PgError> {
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| classify(e, "starting a transaction"))?;
+    let mut copy = tx
+        .copy_in_raw(copy_sql)
+        .await
+        .map_err(|e| classify(e, "starting COPY"))?;
+    copy.send(data)
+        .await
+        .map_err(|e| classify(e, "sending COPY data"))?;
+    copy.finish()
+        .await
+        .map_err(|e| classify(e, "finishing COPY"))?;
+    let inserted = sqlx::query(AssertSqlSafe(insert_sql))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify(e, "inserting from staging"))?
+        .rows_affected();
+    tx.commit().await.map_err(|e| classify(e, "committing"))?;
+    Ok(inserted)
+}
+
+/// Raw COPY of `records` straight into `table` (no staging, no conflict handling): the
+/// baseline the benchmark (issue #6) compares [`PostgresSink::write`] against.
+pub async fn raw_copy(
+    conn: &mut PgConnection,
+    table: &str,
+    records: &[AuditRecord],
+) -> Result<u64, PgError> {
+    let mut buf = Vec::new();
+    copy::header(&mut buf);
+    for r in records {
+        copy::row(&mut buf, r);
+    }
+    copy::trailer(&mut buf);
+    let sql = format!(
+        "COPY {table} ({}) FROM STDIN WITH (FORMAT binary)",
+        copy::column_list()
+    );
+    let mut copy = conn
+        .copy_in_raw(&sql)
+        .await
+        .map_err(|e| classify(e, "starting COPY"))?;
+    copy.send(buf.as_slice())
+        .await
+        .map_err(|e| classify(e, "sending COPY data"))?;
+    copy.finish()
+        .await
+        .map_err(|e| classify(e, "finishing COPY"))
+}
+
+/// `meshaudit migrate`: connects and applies the missing migrations.
+pub async fn migrate_url(url: &DatabaseUrl) -> Result<(Option<i64>, i64), PgError> {
+    let opts = connect_options(url)?;
+    let mut conn = connect(&opts).await?;
+    let result = schema::migrate(&mut conn).await;
+    let _ = conn.close().await;
+    result
+}
