@@ -14,10 +14,13 @@ use prost::Message;
 use crate::ingest::pbstruct::{StructView, Value};
 use crate::ingest::peer_auth::PeerAuth;
 use crate::ingest::wire::stream_access_logs_message::LogEntries;
-use crate::ingest::wire::StreamAccessLogsMessage;
+use crate::ingest::wire::{BytesEntry, HttpAccessLogEntry, StreamAccessLogsMessage};
+use crate::join::identity::{token, IdentityConfig, IdentityResolver};
 use crate::join::redact::Redactor;
 use crate::join::{Joiner, StreamContext};
 use crate::record::id::EntryType;
+use crate::record::values;
+use crate::telemetry::Metrics;
 
 /// The fuzz targets, by name (the file names under `fuzz/fuzz_targets/` and the corpus and
 /// regression directories).
@@ -26,11 +29,50 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("claims_struct", claims_struct),
     ("redact_path", redact_path),
     ("peer_cert", peer_cert),
+    ("token", token),
 ];
+
+/// The tenant and audience of the load generator's tokens (`src/loadgen/corpus.rs`), so seeds
+/// reach issuer and audience checks.
+const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+const AUDIENCE: &str = "7f1b2c3d-0000-4000-8000-00000000a001";
+/// 2026-03-02T10:15:04Z, when the seeds' requests started.
+const START_US: i64 = 1_772_446_504_000_000;
+
+/// An identity resolver as a configured collector has one: a trusted Entra tenant, raw tokens
+/// in `authorization`, forwarded claims in `x-jwt-payload`. No keys are ever loaded (no I/O),
+/// so raw tokens end at `unknown_key` or earlier; claims parsing and every check before the
+/// signature run on fuzzed bytes.
+fn identity() -> IdentityResolver {
+    let cfg = IdentityConfig {
+        entra_tenants: vec![TENANT.to_owned()],
+        audiences: vec![AUDIENCE.to_owned()],
+        payload_headers: vec!["x-jwt-payload".to_owned()],
+        token_cache_bytes: 1 << 20,
+        ..IdentityConfig::default()
+    };
+    IdentityResolver::new(&cfg, Metrics::new()).expect("identity settings without a directory")
+}
 
 fn joiner() -> &'static Joiner {
     static J: OnceLock<Joiner> = OnceLock::new();
-    J.get_or_init(Joiner::default)
+    J.get_or_init(|| Joiner::default().with_identity(identity()))
+}
+
+/// A bearer token worth looking for in outputs: long and JWS-shaped, so finding it cannot be a
+/// coincidence with fixed text.
+fn token_like(v: &[u8]) -> Option<&str> {
+    let v = std::str::from_utf8(v).ok()?.trim();
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .unwrap_or(v)
+        .trim();
+    (t.len() >= 24 && t.matches('.').count() == 2 && !t.contains(char::is_whitespace)).then_some(t)
+}
+
+fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 /// A gRPC message body as the ALS read loop sees it: decoded into the subset types, then every
@@ -38,8 +80,15 @@ fn joiner() -> &'static Joiner {
 /// have a well-formed id, a path that redaction leaves unchanged (already redacted), and must
 /// encode into an Arrow batch (what the Parquet sink does next).
 pub fn als_message(data: &[u8]) {
+    als_message_tokens_checked(data);
+}
+
+/// [`als_message`], returning how many raw tokens it looked for in records (for a test that
+/// the secrets check is live on the seeds).
+fn als_message_tokens_checked(data: &[u8]) -> usize {
+    let mut checked = 0;
     let Ok(msg) = StreamAccessLogsMessage::decode(Bytes::copy_from_slice(data)) else {
-        return;
+        return checked;
     };
     let ctx = msg
         .identifier
@@ -49,13 +98,36 @@ pub fn als_message(data: &[u8]) {
     let (kind, entries) = match &msg.log_entries {
         Some(LogEntries::HttpLogs(h)) => (EntryType::Http, &h.log_entry),
         Some(LogEntries::TcpLogs(t)) => (EntryType::Tcp, &t.log_entry),
-        None => return,
+        None => return checked,
     };
     let mut records = Vec::with_capacity(entries.len());
     for entry in entries {
-        let Ok(rec) = joiner().join(&ctx, kind, entry, 1_772_446_504_000_000) else {
+        let Ok(rec) = joiner().join(&ctx, kind, entry, START_US) else {
             continue;
         };
+        // Secrets never land: a token that occurs only in the authorization header of the
+        // entry must not occur anywhere in its record.
+        if kind == EntryType::Http {
+            let headers = HttpAccessLogEntry::decode(entry.clone())
+                .ok()
+                .and_then(|e| e.request)
+                .map(|r| r.request_headers)
+                .unwrap_or_default();
+            for h in headers
+                .iter()
+                .filter(|h| h.key.eq_ignore_ascii_case(b"authorization"))
+            {
+                if let Some(t) = token_like(&h.value) {
+                    if occurrences(entry, t.as_bytes()) == 1 {
+                        checked += 1;
+                        assert!(
+                            !format!("{rec:?}").contains(t),
+                            "a raw token landed in a record"
+                        );
+                    }
+                }
+            }
+        }
         assert_eq!(rec.record_id.len(), 32, "record_id {:?}", rec.record_id);
         assert!(
             rec.record_id
@@ -73,6 +145,7 @@ pub fn als_message(data: &[u8]) {
     let batch = crate::record::arrow::to_record_batch(&records)
         .unwrap_or_else(|e| panic!("joined records must encode to Arrow: {e}"));
     assert_eq!(batch.num_rows(), records.len());
+    checked
 }
 
 /// A `google.protobuf.Struct` (jwt_authn claims, RBAC metadata, peer metadata) walked with the
@@ -195,5 +268,76 @@ pub fn peer_cert(data: &[u8]) {
                 && id.ends_with("/sa/meshaudit-writer")
                 && id.matches('/').count() == 6);
         assert!(ok, "admitted {id}");
+    }
+}
+
+/// A logged `authorization` header value through the identity verifier, as a raw bearer token,
+/// and the same bytes as a forwarded claims header (base64url JSON): bearer extraction, compact
+/// JWS split, base64url, JOSE header and claims JSON, issuer and audience checks, the cache.
+/// Every outcome is one of the contract's token statuses, and the verdict never carries the
+/// token itself.
+pub fn token(data: &[u8]) {
+    let id = identity_for_tokens();
+    let headers = [BytesEntry {
+        key: Bytes::from_static(b"authorization"),
+        value: Bytes::copy_from_slice(data),
+    }];
+    let names = ["authorization".to_owned()];
+    let statuses = [
+        values::TOKEN_VERIFIED,
+        values::TOKEN_PROXY_VERIFIED,
+        values::TOKEN_EXPIRED,
+        values::TOKEN_NOT_YET_VALID,
+        values::TOKEN_BAD_SIGNATURE,
+        values::TOKEN_UNKNOWN_KEY,
+        values::TOKEN_WRONG_AUDIENCE,
+        values::TOKEN_UNTRUSTED_ISSUER,
+        values::TOKEN_MALFORMED,
+    ];
+    if let Some(raw) = token::find_bearer(&headers, &names) {
+        let judged = id.verifier().check(raw, START_US);
+        assert!(statuses.contains(&judged.status), "{}", judged.status);
+        // Without keys nothing can verify.
+        assert_ne!(judged.status, values::TOKEN_VERIFIED);
+        if let Some(t) = token_like(data) {
+            assert!(
+                !format!("{judged:?}").contains(t),
+                "the verdict holds the token"
+            );
+        }
+    }
+    let judged = id.verifier().check_payload(data, START_US);
+    assert!(statuses.contains(&judged.status), "{}", judged.status);
+}
+
+fn identity_for_tokens() -> &'static IdentityResolver {
+    static I: OnceLock<IdentityResolver> = OnceLock::new();
+    I.get_or_init(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_check_runs_on_the_seed_tokens() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/als_message");
+        let checked: usize = std::fs::read_dir(dir)
+            .expect("seeds")
+            .flatten()
+            .map(|f| als_message_tokens_checked(&std::fs::read(f.path()).expect("read")))
+            .sum();
+        assert!(checked >= 3, "only {checked} raw tokens checked");
+    }
+
+    #[test]
+    fn token_like_wants_a_long_jws() {
+        assert_eq!(
+            token_like(b"Bearer aaaaaaaaaa.bbbbbbbbbb.cccccccccc"),
+            Some("aaaaaaaaaa.bbbbbbbbbb.cccccccccc")
+        );
+        assert_eq!(token_like(b"Bearer a.b.c"), None);
+        assert_eq!(token_like(b"Basic dXNlcjpwdw==dXNlcjpwdw=="), None);
+        assert_eq!(occurrences(b"xaxax", b"x"), 3);
     }
 }
