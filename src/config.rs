@@ -14,6 +14,8 @@ use clap::Args;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::ingest::peer_auth::PeerAuth;
+use crate::ingest::tls::AlsTls;
 use crate::join::identity::IdentityConfig;
 use crate::join::redact::DEFAULT_PARAMS;
 use crate::store::postgres::url::DatabaseUrl;
@@ -23,6 +25,17 @@ use crate::store::spool::FsyncMode;
 pub const DEFAULT_ALS_ADDR: &str = "0.0.0.0:9000";
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9001";
 pub const DEFAULT_DATA_DIR: &str = "./meshaudit-data";
+/// Envoy opens an ALS stream per worker thread and logger, and each worker has its own
+/// connection, so a connection carries a few streams; 100 is HTTP/2's customary value.
+pub const DEFAULT_ALS_MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// About 2 workers × 2 loggers (HTTP, TCP) per sidecar: ~1000 sidecars per replica.
+pub const DEFAULT_ALS_MAX_STREAMS: usize = 4096;
+/// Envoy flushes a busy stream every second; 5 minutes without one means an idle proxy or a
+/// peer that is gone. Reopening costs Envoy one stream on its open connection.
+pub const DEFAULT_ALS_STREAM_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Half an hour (± 10 %): streams rebalance across replicas within that after a scale-up, at a
+/// cost of one reconnect per stream per half hour.
+pub const DEFAULT_ALS_MAX_STREAM_AGE_SECS: u64 = 1800;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -117,6 +130,66 @@ pub struct ServeOptions {
         value_delimiter = ','
     )]
     pub redact_params: Option<Vec<String>>,
+
+    /// PEM certificate chain for TLS on the ALS listener; needs --als-tls-key [default: none,
+    /// plaintext h2c].
+    #[arg(long, env = "MESHAUDIT_ALS_TLS_CERT", value_name = "FILE")]
+    pub als_tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --als-tls-cert.
+    #[arg(long, env = "MESHAUDIT_ALS_TLS_KEY", value_name = "FILE")]
+    pub als_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: ALS clients must present a certificate it issued (mutual TLS).
+    #[arg(long, env = "MESHAUDIT_ALS_TLS_CLIENT_CA", value_name = "FILE")]
+    pub als_tls_client_ca: Option<PathBuf>,
+
+    /// SPIFFE IDs allowed to send logs (comma-separated or repeated); a path segment `*`
+    /// matches any one segment. Needs --als-tls-client-ca [default: any certificate of the CA].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ALS_ALLOWED_SPIFFE_ID",
+        value_name = "SPIFFE_ID",
+        value_delimiter = ','
+    )]
+    pub als_allowed_spiffe_id: Option<Vec<String>>,
+
+    /// Trust domains whose SPIFFE IDs may all send logs (comma-separated or repeated). Needs
+    /// --als-tls-client-ca.
+    #[arg(
+        long,
+        env = "MESHAUDIT_ALS_ALLOWED_TRUST_DOMAIN",
+        value_name = "DOMAIN",
+        value_delimiter = ','
+    )]
+    pub als_allowed_trust_domain: Option<Vec<String>>,
+
+    /// HTTP/2 streams one ALS connection may have open at once [default: 100].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ALS_MAX_STREAMS_PER_CONNECTION",
+        value_name = "N"
+    )]
+    pub als_max_streams_per_connection: Option<u32>,
+
+    /// ALS streams this replica serves at once; more are refused with RESOURCE_EXHAUSTED
+    /// [default: 4096].
+    #[arg(long, env = "MESHAUDIT_ALS_MAX_STREAMS", value_name = "N")]
+    pub als_max_streams: Option<usize>,
+
+    /// Seconds an ALS stream may go without a message before it is ended, 0 = never
+    /// [default: 300].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ALS_STREAM_IDLE_TIMEOUT_SECS",
+        value_name = "SECS"
+    )]
+    pub als_stream_idle_timeout_secs: Option<u64>,
+
+    /// Seconds (± 10 %) after which an ALS stream is ended so Envoy reconnects and streams
+    /// rebalance across replicas, 0 = never [default: 1800].
+    #[arg(long, env = "MESHAUDIT_ALS_MAX_STREAM_AGE_SECS", value_name = "SECS")]
+    pub als_max_stream_age_secs: Option<u64>,
 
     /// Seconds allowed on SIGTERM to finish writing before exiting [default: 30].
     #[arg(long, env = "MESHAUDIT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
@@ -262,6 +335,23 @@ impl ServeOptions {
             redact_params: self.redact_params.or(file.redact_params),
             shutdown_timeout_secs: self.shutdown_timeout_secs.or(file.shutdown_timeout_secs),
             log_format: self.log_format.or(file.log_format),
+            als_tls_cert: self.als_tls_cert.or(file.als_tls_cert),
+            als_tls_key: self.als_tls_key.or(file.als_tls_key),
+            als_tls_client_ca: self.als_tls_client_ca.or(file.als_tls_client_ca),
+            als_allowed_spiffe_id: self.als_allowed_spiffe_id.or(file.als_allowed_spiffe_id),
+            als_allowed_trust_domain: self
+                .als_allowed_trust_domain
+                .or(file.als_allowed_trust_domain),
+            als_max_streams_per_connection: self
+                .als_max_streams_per_connection
+                .or(file.als_max_streams_per_connection),
+            als_max_streams: self.als_max_streams.or(file.als_max_streams),
+            als_stream_idle_timeout_secs: self
+                .als_stream_idle_timeout_secs
+                .or(file.als_stream_idle_timeout_secs),
+            als_max_stream_age_secs: self
+                .als_max_stream_age_secs
+                .or(file.als_max_stream_age_secs),
             entra_tenant: self.entra_tenant.or(file.entra_tenant),
             audience: self.audience.or(file.audience),
             jwks_url: self.jwks_url.or(file.jwks_url),
@@ -305,6 +395,16 @@ pub struct ServeConfig {
     pub redact_params: Vec<String>,
     pub shutdown_timeout: Duration,
     pub log_json: bool,
+    /// TLS on the ALS listener; `None` = plaintext h2c.
+    pub als_tls: Option<AlsTls>,
+    /// Which TLS peers may write.
+    pub als_peers: PeerAuth,
+    pub als_max_streams_per_connection: u32,
+    pub als_max_streams: usize,
+    /// `None` = never.
+    pub als_stream_idle_timeout: Option<Duration>,
+    /// `None` = never.
+    pub als_max_stream_age: Option<Duration>,
     pub identity: IdentityConfig,
     /// The Postgres sink, when a database URL is given.
     pub postgres: Option<PostgresConfig>,
@@ -356,6 +456,8 @@ impl ServeConfig {
             s.parse::<SocketAddr>()
                 .expect("default address literal is valid")
         };
+        let (als_tls, als_peers) = resolve_als_tls(&opts)?;
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let identity = resolve_identity(&opts)?;
         let cfg = ServeConfig {
             als_addr: opts
@@ -394,6 +496,20 @@ impl ServeConfig {
                     ))
                 }
             },
+            als_tls,
+            als_peers,
+            als_max_streams_per_connection: opts
+                .als_max_streams_per_connection
+                .unwrap_or(DEFAULT_ALS_MAX_STREAMS_PER_CONNECTION),
+            als_max_streams: opts.als_max_streams.unwrap_or(DEFAULT_ALS_MAX_STREAMS),
+            als_stream_idle_timeout: secs(
+                opts.als_stream_idle_timeout_secs
+                    .unwrap_or(DEFAULT_ALS_STREAM_IDLE_TIMEOUT_SECS),
+            ),
+            als_max_stream_age: secs(
+                opts.als_max_stream_age_secs
+                    .unwrap_or(DEFAULT_ALS_MAX_STREAM_AGE_SECS),
+            ),
             identity,
             postgres: database_url.map(|url| PostgresConfig {
                 url,
@@ -471,6 +587,20 @@ impl ServeConfig {
                 "use a level from 1 to 22 (3 is the default)",
             ));
         }
+        if self.als_max_streams == 0 {
+            return Err(ConfigError::invalid(
+                "als_max_streams",
+                "must be at least 1",
+                "use a value such as 4096",
+            ));
+        }
+        if self.als_max_streams_per_connection == 0 {
+            return Err(ConfigError::invalid(
+                "als_max_streams_per_connection",
+                "must be at least 1",
+                "use a value such as 100",
+            ));
+        }
         if let Some(pg) = &self.postgres {
             if let Err(e) = crate::store::postgres::connect_options(&pg.url) {
                 return Err(ConfigError::invalid(
@@ -522,6 +652,69 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// TLS files and the SPIFFE allow-list: read, parsed and cross-checked now, so a bad file or a
+/// policy that could never be enforced stops the collector at start-up.
+fn resolve_als_tls(opts: &ServeOptions) -> Result<(Option<AlsTls>, PeerAuth), ConfigError> {
+    let ids = opts.als_allowed_spiffe_id.as_deref().unwrap_or_default();
+    let domains = opts.als_allowed_trust_domain.as_deref().unwrap_or_default();
+    let tls = match (&opts.als_tls_cert, &opts.als_tls_key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "als_tls_key",
+                "--als-tls-cert is set but its private key is not",
+                "give both --als-tls-cert and --als-tls-key, or neither for plaintext",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "als_tls_cert",
+                "--als-tls-key is set but its certificate is not",
+                "give both --als-tls-cert and --als-tls-key, or neither for plaintext",
+            ))
+        }
+        (Some(cert), Some(key)) => Some(
+            AlsTls::load(cert, key, opts.als_tls_client_ca.as_deref())
+                .map_err(|e| ConfigError::invalid(e.key(), e.to_string(), e.fix()))?,
+        ),
+    };
+    if tls.is_none() && opts.als_tls_client_ca.is_some() {
+        return Err(ConfigError::invalid(
+            "als_tls_client_ca",
+            "client certificates need TLS, which is off",
+            "also give --als-tls-cert and --als-tls-key",
+        ));
+    }
+    if !tls.as_ref().is_some_and(AlsTls::client_auth) {
+        if ids.is_empty() && domains.is_empty() {
+            return Ok((tls, PeerAuth::default()));
+        }
+        let key = if ids.is_empty() {
+            "als_allowed_trust_domain"
+        } else {
+            "als_allowed_spiffe_id"
+        };
+        return Err(ConfigError::invalid(
+            key,
+            "an allow-list needs client certificates to check, and --als-tls-client-ca is not set",
+            "give --als-tls-client-ca (with --als-tls-cert and --als-tls-key), or drop the allow-list",
+        ));
+    }
+    let peers = PeerAuth::require_cert(ids, domains).map_err(|e| {
+        let key = if ids.contains(&e.value) {
+            "als_allowed_spiffe_id"
+        } else {
+            "als_allowed_trust_domain"
+        };
+        ConfigError::invalid(
+            key,
+            e.to_string(),
+            "write SPIFFE IDs as spiffe://cluster.local/ns/NAMESPACE/sa/ACCOUNT (a whole segment may be *) and trust domains as cluster.local",
+        )
+    })?;
+    Ok((tls, peers))
 }
 
 /// The identity settings with defaults applied, validated.

@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod ceiling;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ingest;
 pub mod join;
 pub mod loadgen;

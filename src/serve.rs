@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::ServeConfig;
+use crate::ingest::limits::StreamLimits;
 use crate::ingest::service::{AlsServer, StreamHandler};
 use crate::join::identity::{IdentityError, IdentityResolver};
 use crate::join::redact::Redactor;
@@ -157,14 +158,28 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         out: pipeline.appender.clone(),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
+        peers: cfg.als_peers.clone(),
+        limits: StreamLimits::new(
+            cfg.als_max_streams,
+            cfg.als_stream_idle_timeout,
+            cfg.als_max_stream_age,
+        ),
     });
-    let server = tonic::transport::Server::builder()
-        .add_service(AlsServer::new(handler, cfg.max_message_bytes))
-        .serve_with_incoming_shutdown(
+    let router = tonic::transport::Server::builder()
+        // Per connection, HTTP/2 itself makes the client queue streams over the limit.
+        .max_concurrent_streams(cfg.als_max_streams_per_connection)
+        .add_service(AlsServer::new(handler, cfg.max_message_bytes));
+    let stop = shutdown.clone().cancelled_owned();
+    let server_task = match &cfg.als_tls {
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(als_listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    let server_task = tokio::spawn(server);
+            stop,
+        )),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls.incoming(als_listener, Arc::clone(&metrics), shutdown.clone()),
+            stop,
+        )),
+    };
 
     ready.store(true, Ordering::Release);
     info!(
@@ -176,7 +191,20 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         postgres = cfg.postgres.as_ref().map(|p| p.url.to_string()),
         "meshaudit collector ready"
     );
-    warn!(%als_addr, "ALS listener is plaintext (h2c); inside the mesh, Istio mTLS protects it");
+    match &cfg.als_tls {
+        None => {
+            warn!(%als_addr, "ALS listener is plaintext (h2c); inside the mesh, Istio mTLS protects it")
+        }
+        Some(tls) if !tls.client_auth() => {
+            warn!(%als_addr, "ALS listener uses TLS without client certificates: any client that can connect may write; set --als-tls-client-ca to require them")
+        }
+        Some(_) if !cfg.als_peers.has_allow_list() => {
+            warn!(%als_addr, "ALS listener requires client certificates, but any certificate of the client CA may write; restrict with --als-allowed-spiffe-id or --als-allowed-trust-domain")
+        }
+        Some(_) => {
+            info!(%als_addr, "ALS listener requires client certificates whose SPIFFE ID is on the allow-list")
+        }
+    }
 
     wait_for_signal().await;
     info!("shutting down: ending ALS streams and draining the sinks");

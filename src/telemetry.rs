@@ -14,7 +14,7 @@ use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
-/// Why a message or stream was refused.
+/// Why a message, stream or connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
     /// Bytes that do not decode as a StreamAccessLogsMessage or one of its entries.
@@ -23,6 +23,16 @@ pub enum Rejection {
     Oversized,
     /// A stream whose first message carries no Identifier.
     NoIdentifier,
+    /// A stream from a TLS peer without a client certificate where one is required.
+    Unauthenticated,
+    /// A stream whose client certificate is not allowed to write (no SPIFFE ID, or one outside
+    /// the allow-list).
+    NotAllowed,
+    /// A connection whose TLS handshake failed or timed out (untrusted certificate, not TLS,
+    /// closed early).
+    TlsHandshake,
+    /// A stream refused because the replica already serves `als_max_streams` streams.
+    TooManyStreams,
 }
 
 impl Rejection {
@@ -31,6 +41,10 @@ impl Rejection {
             Rejection::Malformed => "malformed",
             Rejection::Oversized => "oversized",
             Rejection::NoIdentifier => "no_identifier",
+            Rejection::Unauthenticated => "unauthenticated",
+            Rejection::NotAllowed => "not_allowed",
+            Rejection::TlsHandshake => "tls_handshake",
+            Rejection::TooManyStreams => "too_many_streams",
         }
     }
 }
@@ -112,6 +126,14 @@ pub struct Metrics {
     pub rejected_malformed: AtomicU64,
     pub rejected_oversized: AtomicU64,
     pub rejected_no_identifier: AtomicU64,
+    pub rejected_unauthenticated: AtomicU64,
+    pub rejected_not_allowed: AtomicU64,
+    pub rejected_tls_handshake: AtomicU64,
+    pub rejected_too_many_streams: AtomicU64,
+    /// Streams the collector ended because no message came for `als_stream_idle_timeout_secs`.
+    pub streams_ended_idle: AtomicU64,
+    /// Streams the collector ended at `als_max_stream_age_secs` (± jitter) so Envoy reconnects.
+    pub streams_ended_max_age: AtomicU64,
     pub parquet_records_written: AtomicU64,
     pub parquet_files_written: AtomicU64,
     pub parquet_write_errors: AtomicU64,
@@ -142,6 +164,10 @@ impl Metrics {
             Rejection::Malformed => &self.rejected_malformed,
             Rejection::Oversized => &self.rejected_oversized,
             Rejection::NoIdentifier => &self.rejected_no_identifier,
+            Rejection::Unauthenticated => &self.rejected_unauthenticated,
+            Rejection::NotAllowed => &self.rejected_not_allowed,
+            Rejection::TlsHandshake => &self.rejected_tls_handshake,
+            Rejection::TooManyStreams => &self.rejected_too_many_streams,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -156,7 +182,7 @@ impl Metrics {
         }
     }
 
-    fn counters(&self) -> [Counter; 19] {
+    fn counters(&self) -> [Counter; 25] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -200,6 +226,42 @@ impl Metrics {
                 "messages refused",
                 &[("reason", "no_identifier")],
                 g(&self.rejected_no_identifier),
+            ),
+            (
+                "als_messages_rejected",
+                "messages refused",
+                &[("reason", "unauthenticated")],
+                g(&self.rejected_unauthenticated),
+            ),
+            (
+                "als_messages_rejected",
+                "messages refused",
+                &[("reason", "not_allowed")],
+                g(&self.rejected_not_allowed),
+            ),
+            (
+                "als_messages_rejected",
+                "messages refused",
+                &[("reason", "tls_handshake")],
+                g(&self.rejected_tls_handshake),
+            ),
+            (
+                "als_messages_rejected",
+                "messages refused",
+                &[("reason", "too_many_streams")],
+                g(&self.rejected_too_many_streams),
+            ),
+            (
+                "als_streams_ended",
+                "ALS streams the collector ended so Envoy reconnects",
+                &[("reason", "idle_timeout")],
+                g(&self.streams_ended_idle),
+            ),
+            (
+                "als_streams_ended",
+                "ALS streams the collector ended so Envoy reconnects",
+                &[("reason", "max_age")],
+                g(&self.streams_ended_max_age),
             ),
             (
                 "sink_records_written",

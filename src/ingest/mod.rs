@@ -4,8 +4,14 @@
 //! - `codec`: tonic codec decoding into those types.
 //! - `pbstruct`: borrowing reader for `google.protobuf.Struct` metadata.
 //! - `service`: the gRPC service and per-stream read loop.
+//! - `tls`: TLS on the listener (certificate files, accept loop with counted handshake failures).
+//! - `peer_auth`: which TLS peers may write (client certificate, SPIFFE allow-list).
+//! - `limits`: streams in total, idle timeout, maximum stream age.
 
 pub mod codec;
+pub mod limits;
 pub mod pbstruct;
+pub mod peer_auth;
 pub mod service;
+pub mod tls;
 pub mod wire;

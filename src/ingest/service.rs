@@ -22,6 +22,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{field, info_span, warn, Instrument, Span};
 
 use super::codec::{AlsCodec, StreamAccessLogsResponse};
+use super::limits::{StreamLimits, Wake};
+use super::peer_auth::PeerAuth;
 use super::wire::stream_access_logs_message::LogEntries;
 use super::wire::StreamAccessLogsMessage;
 use crate::join::{Joiner, StreamContext};
@@ -42,6 +44,10 @@ pub struct StreamHandler {
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM: every stream ends with UNAVAILABLE so Envoy reconnects elsewhere.
     pub shutdown: CancellationToken,
+    /// Which TLS peers may write; checked at stream start (default: everyone).
+    pub peers: PeerAuth,
+    /// Streams in total, idle timeout, maximum age.
+    pub limits: StreamLimits,
 }
 
 impl StreamHandler {
@@ -52,10 +58,31 @@ impl StreamHandler {
         let span = info_span!(
             "als_stream",
             peer = ?req.remote_addr(),
+            peer_id = field::Empty,
             node_id = field::Empty,
             log_name = field::Empty
         );
         self.metrics.streams_opened.fetch_add(1, Relaxed);
+        // Who may write is decided before anything is read or any slot is taken.
+        match self
+            .peers
+            .check(req.peer_certs().as_deref().map(Vec::as_slice))
+        {
+            Ok(Some(id)) => {
+                span.record("peer_id", id.as_str());
+            }
+            Ok(None) => {}
+            Err(refusal) => {
+                self.metrics.rejected(refusal.rejection());
+                warn!(parent: &span, reason = refusal.rejection().as_str(), error = %refusal, "refusing ALS stream");
+                return Err(refusal.to_status());
+            }
+        }
+        let Some(_slot) = self.limits.admit() else {
+            self.metrics.rejected(Rejection::TooManyStreams);
+            warn!(parent: &span, reason = Rejection::TooManyStreams.as_str(), "refusing ALS stream: stream limit reached");
+            return Err(self.limits.over_limit_status());
+        };
         self.metrics.streams_active.fetch_add(1, Relaxed);
         let result = self
             .read(req.into_inner(), &span)
@@ -71,6 +98,10 @@ impl StreamHandler {
         span: &Span,
     ) -> Result<(), Status> {
         let mut ctx: Option<StreamContext> = None;
+        // Idle and age deadlines share one timer, re-armed only when it fires.
+        let mut clock = self.limits.clock(tokio::time::Instant::now());
+        let timer = tokio::time::sleep_until(clock.first_deadline());
+        tokio::pin!(timer);
         loop {
             let next = tokio::select! {
                 biased;
@@ -78,6 +109,16 @@ impl StreamHandler {
                     return Err(Status::unavailable("meshaudit is shutting down; reconnect to another replica"));
                 }
                 next = stream.message() => next,
+                () = &mut timer, if clock.enabled() => match clock.wake(tokio::time::Instant::now()) {
+                    Wake::SleepUntil(at) => {
+                        timer.as_mut().reset(at);
+                        continue;
+                    }
+                    Wake::End(why) => {
+                        tracing::debug!(reason = why.as_str(), "ending ALS stream so Envoy reconnects");
+                        return Err(why.finish(&self.metrics));
+                    }
+                },
             };
             let msg = match next {
                 Ok(Some(msg)) => msg,
@@ -131,6 +172,15 @@ impl StreamHandler {
             self.metrics
                 .accept_latency
                 .record(now_micros() - received_at, n);
+            if clock.message(tokio::time::Instant::now()) {
+                // Past its maximum age: end now, right after a flush, when nothing is in flight.
+                let why = super::limits::StreamEnd::MaxAge;
+                tracing::debug!(
+                    reason = why.as_str(),
+                    "ending ALS stream so Envoy reconnects"
+                );
+                return Err(why.finish(&self.metrics));
+            }
         }
     }
 

@@ -5,6 +5,8 @@
 
 pub mod jwt;
 pub mod pg;
+pub mod raw;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
