@@ -15,14 +15,6 @@ use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Waits (asynchronously) until `cond` holds; panics with `what` after `timeout`.
 async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

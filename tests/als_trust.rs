@@ -10,14 +10,6 @@ use common::tls::{path, tls_channel, tls_stream, Pki};
 use common::*;
 use serde_json::json;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 const GATEWAY: &str =
     "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
 /// Allowed through the wildcard `spiffe://cluster.local/ns/*/sa/meshaudit-writer`.

@@ -14,60 +14,6 @@ use common::*;
 use meshaudit::record::{ColumnType, COLUMNS};
 use serde_json::Value;
 
-/// Polls `cond` every 100 ms (each poll may run psql); panics with `what` after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `n` HTTP messages of `per` unique entries each, entries numbered from `base`, on one stream.
-fn http_stream(
-    base: u32,
-    n: u32,
-    per: u32,
-) -> Vec<envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage> {
-    (0..n)
-        .map(|m| {
-            let ident = (m == 0).then(|| identifier(NODE_ID, LOG_NAME));
-            http_message(
-                ident,
-                (0..per).map(|i| http_entry(base + m * per + i)).collect(),
-            )
-        })
-        .collect()
-}
-
-fn tcp_stream(
-    base: u32,
-    n: u32,
-) -> Vec<envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage> {
-    vec![tcp_message(
-        Some(identifier(
-            "router~10.0.0.9~gw.istio-system~istio-system.svc.cluster.local",
-            "tcp_log",
-        )),
-        (0..n).map(|i| tcp_entry(base + i)).collect(),
-    )]
-}
-
-fn send(
-    c: &Collector,
-    streams: Vec<Vec<envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage>>,
-) {
-    let url = c.als_url();
-    rt().block_on(async {
-        for msgs in streams {
-            stream(&url, msgs).await.expect("stream accepted");
-        }
-    });
-}
-
 const COUNT: &str = "SELECT count(*) FROM audit_records";
 const DISTINCT: &str = "SELECT count(DISTINCT record_id) FROM audit_records";
 

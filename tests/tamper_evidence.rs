@@ -9,66 +9,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use common::pg::PgCluster;
 use common::*;
-use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `n` messages of `per` unique HTTP entries, numbered from `base`, for one stream.
-fn http_stream(base: u32, n: u32, per: u32) -> Vec<StreamAccessLogsMessage> {
-    (0..n)
-        .map(|m| {
-            let ident = (m == 0).then(|| identifier(NODE_ID, LOG_NAME));
-            http_message(
-                ident,
-                (0..per).map(|i| http_entry(base + m * per + i)).collect(),
-            )
-        })
-        .collect()
-}
-
-fn tcp_stream(base: u32, n: u32) -> Vec<StreamAccessLogsMessage> {
-    vec![tcp_message(
-        Some(identifier(
-            "router~10.0.0.9~gw.istio-system~istio-system.svc.cluster.local",
-            "tcp_log",
-        )),
-        (0..n).map(|i| tcp_entry(base + i)).collect(),
-    )]
-}
-
-fn send(c: &Collector, streams: Vec<Vec<StreamAccessLogsMessage>>) {
-    let url = c.als_url();
-    rt().block_on(async {
-        for msgs in streams {
-            stream(&url, msgs).await.expect("stream accepted");
-        }
-    });
-}
 
 fn meshaudit(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshaudit"))

@@ -47,6 +47,18 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// [`wait_until`] for expensive conditions (each poll may run psql): polls every 100 ms.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn free_addr() -> SocketAddr {
     free_addrs::<1>()[0]
 }
@@ -377,6 +389,41 @@ pub fn tcp_message(
             log_entry: entries,
         })),
     }
+}
+
+/// `n` HTTP messages of `per` unique entries each, entries numbered from `base`, on one stream
+/// (the Identifier on the first message only).
+pub fn http_stream(base: u32, n: u32, per: u32) -> Vec<StreamAccessLogsMessage> {
+    (0..n)
+        .map(|m| {
+            let ident = (m == 0).then(|| identifier(NODE_ID, LOG_NAME));
+            http_message(
+                ident,
+                (0..per).map(|i| http_entry(base + m * per + i)).collect(),
+            )
+        })
+        .collect()
+}
+
+/// One message of `n` TCP entries numbered from `base`, from a gateway.
+pub fn tcp_stream(base: u32, n: u32) -> Vec<StreamAccessLogsMessage> {
+    vec![tcp_message(
+        Some(identifier(
+            "router~10.0.0.9~gw.istio-system~istio-system.svc.cluster.local",
+            "tcp_log",
+        )),
+        (0..n).map(|i| tcp_entry(base + i)).collect(),
+    )]
+}
+
+/// Sends each stream in turn and expects every one to be accepted.
+pub fn send(c: &Collector, streams: Vec<Vec<StreamAccessLogsMessage>>) {
+    let url = c.als_url();
+    rt().block_on(async {
+        for msgs in streams {
+            stream(&url, msgs).await.expect("stream accepted");
+        }
+    });
 }
 
 /// Streams `messages` on one new stream and waits for the server's answer.
