@@ -22,9 +22,12 @@ use crate::record::id::EntryType;
 use crate::record::values;
 use crate::telemetry::Metrics;
 
+/// A fuzz target: its name and the function it calls.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The fuzz targets, by name (the file names under `fuzz/fuzz_targets/` and the corpus and
 /// regression directories).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("als_message", als_message),
     ("claims_struct", claims_struct),
     ("redact_path", redact_path),
