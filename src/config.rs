@@ -313,6 +313,66 @@ pub struct ServeOptions {
     /// With spool_fsync = interval, the longest time between fsyncs, in ms [default: 100].
     #[arg(long, env = "MESHAUDIT_SPOOL_FSYNC_INTERVAL_MS", value_name = "MS")]
     pub spool_fsync_interval_ms: Option<u64>,
+
+    /// ALS connections open at once (plaintext or TLS), capped by what the open-files limit
+    /// allows; more are closed at once [default: 4096].
+    #[arg(long, env = "MESHAUDIT_ALS_MAX_CONNECTIONS", value_name = "N")]
+    pub als_max_connections: Option<usize>,
+
+    /// Seconds a new ALS connection has to finish its TLS handshake and send the HTTP/2
+    /// preface before it is closed [default: 10].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ALS_HANDSHAKE_TIMEOUT_SECS",
+        value_name = "SECS"
+    )]
+    pub als_handshake_timeout_secs: Option<u64>,
+
+    /// Seconds between HTTP/2 keepalive pings on an ALS connection that received nothing,
+    /// 0 = no pings [default: 60].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ALS_KEEPALIVE_INTERVAL_SECS",
+        value_name = "SECS"
+    )]
+    pub als_keepalive_interval_secs: Option<u64>,
+
+    /// Seconds to wait for a keepalive ping's acknowledgement before closing the connection
+    /// [default: 20].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ALS_KEEPALIVE_TIMEOUT_SECS",
+        value_name = "SECS"
+    )]
+    pub als_keepalive_timeout_secs: Option<u64>,
+
+    /// Seconds an admin connection has to send a request's headers; also how long an idle
+    /// keep-alive connection stays open [default: 5].
+    #[arg(
+        long,
+        env = "MESHAUDIT_ADMIN_HEADER_READ_TIMEOUT_SECS",
+        value_name = "SECS"
+    )]
+    pub admin_header_read_timeout_secs: Option<u64>,
+
+    /// Seconds an admin connection may move no bytes (e.g. a client that does not read its
+    /// response) before it is closed [default: 30].
+    #[arg(long, env = "MESHAUDIT_ADMIN_IDLE_TIMEOUT_SECS", value_name = "SECS")]
+    pub admin_idle_timeout_secs: Option<u64>,
+
+    /// How far before its receive time an entry's start_time may be; an earlier one is stored
+    /// with start_time = received_at and flagged (start_time_clamped) [default: 604800, 7 days].
+    #[arg(long, env = "MESHAUDIT_START_TIME_MAX_PAST_SECS", value_name = "SECS")]
+    pub start_time_max_past_secs: Option<u64>,
+
+    /// How far after its receive time an entry's start_time may be; a later one is stored with
+    /// start_time = received_at and flagged (start_time_clamped) [default: 3600].
+    #[arg(
+        long,
+        env = "MESHAUDIT_START_TIME_MAX_FUTURE_SECS",
+        value_name = "SECS"
+    )]
+    pub start_time_max_future_secs: Option<u64>,
 }
 
 impl ServeOptions {
@@ -374,6 +434,28 @@ impl ServeOptions {
             spool_fsync_interval_ms: self
                 .spool_fsync_interval_ms
                 .or(file.spool_fsync_interval_ms),
+            als_max_connections: self.als_max_connections.or(file.als_max_connections),
+            als_handshake_timeout_secs: self
+                .als_handshake_timeout_secs
+                .or(file.als_handshake_timeout_secs),
+            als_keepalive_interval_secs: self
+                .als_keepalive_interval_secs
+                .or(file.als_keepalive_interval_secs),
+            als_keepalive_timeout_secs: self
+                .als_keepalive_timeout_secs
+                .or(file.als_keepalive_timeout_secs),
+            admin_header_read_timeout_secs: self
+                .admin_header_read_timeout_secs
+                .or(file.admin_header_read_timeout_secs),
+            admin_idle_timeout_secs: self
+                .admin_idle_timeout_secs
+                .or(file.admin_idle_timeout_secs),
+            start_time_max_past_secs: self
+                .start_time_max_past_secs
+                .or(file.start_time_max_past_secs),
+            start_time_max_future_secs: self
+                .start_time_max_future_secs
+                .or(file.start_time_max_future_secs),
         }
     }
 }
@@ -413,6 +495,108 @@ pub struct ServeConfig {
     pub spool_max_bytes: u64,
     pub spool_segment_bytes: u64,
     pub spool_fsync: FsyncMode,
+    /// Connections, deadlines and the start-time window (issue 15).
+    pub hardening: Hardening,
+}
+
+/// Bounds on what a client can make the collector hold or the database do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    /// Before the open-files cap (`serve` applies it).
+    pub als_max_connections: usize,
+    pub als_handshake_timeout: Duration,
+    /// `None` = no pings.
+    pub als_keepalive_interval: Option<Duration>,
+    pub als_keepalive_timeout: Duration,
+    pub admin_header_read_timeout: Duration,
+    pub admin_idle_timeout: Duration,
+    pub start_time_window: crate::join::traffic::StartWindow,
+}
+
+pub const DEFAULT_ALS_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_ALS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_ALS_KEEPALIVE_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_ALS_KEEPALIVE_TIMEOUT_SECS: u64 = 20;
+pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_START_TIME_MAX_PAST_SECS: u64 = 7 * 86_400;
+pub const DEFAULT_START_TIME_MAX_FUTURE_SECS: u64 = 3600;
+
+/// A setting `key` in `range`, or the error naming it.
+fn in_range(
+    key: &'static str,
+    v: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{v} is outside {}..={}", range.start(), range.end()),
+            format!("use a value in that range ({default} is the default)"),
+        ))
+    }
+}
+
+fn resolve_hardening(o: &ServeOptions) -> Result<Hardening, ConfigError> {
+    let secs = Duration::from_secs;
+    let max_connections = in_range(
+        "als_max_connections",
+        o.als_max_connections.map(|n| n as u64),
+        DEFAULT_ALS_MAX_CONNECTIONS as u64,
+        1..=1_000_000,
+    )?;
+    let keepalive = in_range(
+        "als_keepalive_interval_secs",
+        o.als_keepalive_interval_secs,
+        DEFAULT_ALS_KEEPALIVE_INTERVAL_SECS,
+        0..=3600,
+    )?;
+    Ok(Hardening {
+        als_max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        als_handshake_timeout: secs(in_range(
+            "als_handshake_timeout_secs",
+            o.als_handshake_timeout_secs,
+            DEFAULT_ALS_HANDSHAKE_TIMEOUT_SECS,
+            1..=300,
+        )?),
+        als_keepalive_interval: (keepalive > 0).then(|| secs(keepalive)),
+        als_keepalive_timeout: secs(in_range(
+            "als_keepalive_timeout_secs",
+            o.als_keepalive_timeout_secs,
+            DEFAULT_ALS_KEEPALIVE_TIMEOUT_SECS,
+            1..=300,
+        )?),
+        admin_header_read_timeout: secs(in_range(
+            "admin_header_read_timeout_secs",
+            o.admin_header_read_timeout_secs,
+            DEFAULT_ADMIN_HEADER_READ_TIMEOUT_SECS,
+            1..=300,
+        )?),
+        admin_idle_timeout: secs(in_range(
+            "admin_idle_timeout_secs",
+            o.admin_idle_timeout_secs,
+            DEFAULT_ADMIN_IDLE_TIMEOUT_SECS,
+            1..=3600,
+        )?),
+        start_time_window: crate::join::traffic::StartWindow {
+            max_past: secs(in_range(
+                "start_time_max_past_secs",
+                o.start_time_max_past_secs,
+                DEFAULT_START_TIME_MAX_PAST_SECS,
+                60..=3650 * 86_400,
+            )?),
+            max_future: secs(in_range(
+                "start_time_max_future_secs",
+                o.start_time_max_future_secs,
+                DEFAULT_START_TIME_MAX_FUTURE_SECS,
+                0..=7 * 86_400,
+            )?),
+        },
+    })
 }
 
 /// `DATABASE_URL` is honoured as the conventional fallback, below every meshaudit spelling.
@@ -459,6 +643,7 @@ impl ServeConfig {
         let (als_tls, als_peers) = resolve_als_tls(&opts)?;
         let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let identity = resolve_identity(&opts)?;
+        let hardening = resolve_hardening(&opts)?;
         let cfg = ServeConfig {
             als_addr: opts
                 .als_addr
@@ -520,6 +705,7 @@ impl ServeConfig {
             spool_max_bytes: opts.spool_max_bytes.unwrap_or(1 << 30),
             spool_segment_bytes: opts.spool_segment_bytes.unwrap_or(64 << 20),
             spool_fsync,
+            hardening,
         };
         if cfg.postgres.is_none() {
             if opts.migrate_on_start == Some(true) {

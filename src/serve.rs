@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, AdminTimeouts};
 use crate::config::ServeConfig;
+use crate::ingest::conn::{self, ConnLimits, OpenFiles};
 use crate::ingest::limits::StreamLimits;
 use crate::ingest::service::{AlsServer, StreamHandler};
 use crate::join::identity::{IdentityError, IdentityResolver};
@@ -62,6 +63,9 @@ pub enum ServeError {
 
 pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let metrics = Metrics::new();
+    // Before anything is opened: every connection, file and socket draws on this limit.
+    let open_files = conn::raise_open_files_limit();
+    let max_connections = als_connection_bound(&cfg, open_files, &metrics);
     let otel = telemetry::init_otel(&metrics)?;
     // Before anything is opened: a bad directory snapshot fails start-up at once.
     let identity = IdentityResolver::new(&cfg.identity, Arc::clone(&metrics))?;
@@ -137,15 +141,16 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
             metrics: Arc::clone(&metrics),
             sinks,
         };
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(admin_listener, admin::router(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                error!(error = %e, "admin server failed");
-            }
-        })
+        tokio::spawn(admin::serve(
+            admin_listener,
+            admin::router(state),
+            AdminTimeouts {
+                header_read: cfg.hardening.admin_header_read_timeout,
+                idle: cfg.hardening.admin_idle_timeout,
+            },
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ))
     };
 
     // Signing keys are loaded (bounded wait) before the collector reports ready.
@@ -153,7 +158,8 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let handler = Arc::new(StreamHandler {
         joiner: Arc::new(
             Joiner::new(Redactor::new(cfg.redact_params.iter().map(String::as_str)))
-                .with_identity(identity),
+                .with_identity(identity)
+                .with_start_window(cfg.hardening.start_time_window, Arc::clone(&metrics)),
         ),
         out: pipeline.appender.clone(),
         metrics: Arc::clone(&metrics),
@@ -168,15 +174,34 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let router = tonic::transport::Server::builder()
         // Per connection, HTTP/2 itself makes the client queue streams over the limit.
         .max_concurrent_streams(cfg.als_max_streams_per_connection)
+        // A connection that receives nothing for the interval is pinged; one that does not
+        // answer within the timeout (a dead or fake peer) is closed and frees its slot.
+        .http2_keepalive_interval(cfg.hardening.als_keepalive_interval)
+        .http2_keepalive_timeout(Some(cfg.hardening.als_keepalive_timeout))
         .add_service(AlsServer::new(handler, cfg.max_message_bytes));
     let stop = shutdown.clone().cancelled_owned();
+    // Both listeners go through one accept loop: the connection bound, the handshake/preface
+    // deadline and the out-of-files accounting (ingest::conn).
+    let limits = ConnLimits::new(max_connections, cfg.hardening.als_handshake_timeout);
     let server_task = match &cfg.als_tls {
         None => tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(als_listener),
+            conn::incoming(
+                als_listener,
+                limits,
+                conn::Plain(Arc::clone(&metrics)),
+                Arc::clone(&metrics),
+                shutdown.clone(),
+            ),
             stop,
         )),
         Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-            tls.incoming(als_listener, Arc::clone(&metrics), shutdown.clone()),
+            conn::incoming(
+                als_listener,
+                limits,
+                tls.upgrade(Arc::clone(&metrics)),
+                Arc::clone(&metrics),
+                shutdown.clone(),
+            ),
             stop,
         )),
     };
@@ -234,6 +259,37 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         "meshaudit stopped cleanly"
     );
     Ok(())
+}
+
+/// `als_max_connections`, capped by what the open-files limit leaves after the collector's own
+/// files ([`conn::connection_budget`]); a cap is a WARN, since it means the configured number
+/// would have run the process out of descriptors.
+fn als_connection_bound(cfg: &ServeConfig, open_files: OpenFiles, metrics: &Metrics) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let wanted = cfg.hardening.als_max_connections;
+    let bound = match conn::connection_budget(open_files) {
+        Some(budget) if budget < wanted => {
+            warn!(
+                als_max_connections = wanted,
+                open_files_limit = ?open_files.soft,
+                used = budget,
+                reserve = conn::FD_RESERVE,
+                "the open-files limit (RLIMIT_NOFILE) allows fewer ALS connections than als_max_connections; raise the limit (ulimit -n, or the container runtime's nofile) to serve more"
+            );
+            budget
+        }
+        _ => wanted,
+    };
+    metrics.als_connections_limit.store(bound as u64, Relaxed);
+    metrics
+        .open_files_limit
+        .store(open_files.soft.unwrap_or(0), Relaxed);
+    info!(
+        als_max_connections = bound,
+        open_files_limit = ?open_files.soft,
+        "ALS connection limit"
+    );
+    bound.max(1)
 }
 
 async fn wait_for_signal() {

@@ -152,6 +152,25 @@ pub struct Metrics {
     /// The spool's and the sinks' series.
     pub store: Arc<crate::store::metrics::StoreMetrics>,
     batch_write_histogram: std::sync::OnceLock<Histogram<f64>>,
+    // Connections (ingest::conn, admin).
+    /// ALS connections closed at once because `als_max_connections` were open.
+    pub als_connections_refused: AtomicU64,
+    /// `accept` failures for lack of file descriptors (EMFILE/ENFILE), any listener.
+    pub accept_out_of_files: AtomicU64,
+    /// ALS connections closed without a complete HTTP/2 preface by the handshake deadline.
+    pub als_closed_preface_timeout: AtomicU64,
+    /// ALS TLS connections without a required client certificate, closed at the deadline.
+    pub als_closed_no_client_cert: AtomicU64,
+    /// Admin connections closed after moving no bytes for `admin_idle_timeout_secs`.
+    pub admin_closed_idle: AtomicU64,
+    /// Gauges: ALS connections open now, and the effective bound (after the open-files cap).
+    pub als_connections_open: AtomicU64,
+    pub als_connections_limit: AtomicU64,
+    /// The soft RLIMIT_NOFILE in force (0 = unlimited or unknown).
+    pub open_files_limit: AtomicU64,
+    // The start-time window (join::traffic).
+    /// Records whose start_time was outside the window and was clamped to received_at.
+    pub start_time_clamped: AtomicU64,
 }
 
 impl Metrics {
@@ -182,7 +201,7 @@ impl Metrics {
         }
     }
 
-    fn counters(&self) -> [Counter; 25] {
+    fn counters(&self) -> [Counter; 31] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -335,6 +354,42 @@ impl Metrics {
                 &[("result", "error")],
                 g(&self.directory_reload_errors),
             ),
+            (
+                "als_connections_refused",
+                "ALS connections closed on arrival because als_max_connections (capped by the open-files limit) were open",
+                &[("reason", "connection_limit")],
+                g(&self.als_connections_refused),
+            ),
+            (
+                "accept_errors",
+                "failed accepts on the ALS and admin listeners because the process was out of file descriptors",
+                &[("reason", "open_files")],
+                g(&self.accept_out_of_files),
+            ),
+            (
+                "connections_closed",
+                "connections the collector closed at a deadline, by listener and reason",
+                &[("listener", "als"), ("reason", "preface_timeout")],
+                g(&self.als_closed_preface_timeout),
+            ),
+            (
+                "connections_closed",
+                "connections the collector closed at a deadline, by listener and reason",
+                &[("listener", "als"), ("reason", "no_client_certificate")],
+                g(&self.als_closed_no_client_cert),
+            ),
+            (
+                "connections_closed",
+                "connections the collector closed at a deadline, by listener and reason",
+                &[("listener", "admin"), ("reason", "idle_timeout")],
+                g(&self.admin_closed_idle),
+            ),
+            (
+                "start_time_clamped",
+                "records whose start_time was outside the accepted window around received_at, stored with start_time = received_at and start_time_clamped = true",
+                &[],
+                g(&self.start_time_clamped),
+            ),
         ]
     }
 
@@ -363,6 +418,29 @@ impl Metrics {
             "# TYPE meshaudit_als_streams_active gauge\nmeshaudit_als_streams_active {}",
             self.streams_active.load(Relaxed)
         );
+        for (name, help, v) in [
+            (
+                "als_connections_open",
+                "ALS connections open",
+                &self.als_connections_open,
+            ),
+            (
+                "als_connections_limit",
+                "ALS connections allowed at once (als_max_connections capped by the open-files limit)",
+                &self.als_connections_limit,
+            ),
+            (
+                "open_files_limit",
+                "the soft RLIMIT_NOFILE in force (0: unlimited)",
+                &self.open_files_limit,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP meshaudit_{name} {help}\n# TYPE meshaudit_{name} gauge\nmeshaudit_{name} {}",
+                v.load(Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# TYPE meshaudit_sink_batch_write_seconds_sum counter\nmeshaudit_sink_batch_write_seconds_sum {:.6}",

@@ -7,8 +7,10 @@
 //! - `tls`: TLS on the listener (certificate files, accept loop with counted handshake failures).
 //! - `peer_auth`: which TLS peers may write (client certificate, SPIFFE allow-list).
 //! - `limits`: streams in total, idle timeout, maximum stream age.
+//! - `conn`: connections in total, handshake/preface deadline, the open-files limit.
 
 pub mod codec;
+pub mod conn;
 pub mod limits;
 pub mod pbstruct;
 pub mod peer_auth;

@@ -4,25 +4,28 @@
 //! the `ServerConfig` built while validating the settings is the one that serves (one code path,
 //! so a key that does not match its certificate fails at start-up, naming the setting); failed
 //! handshakes are counted (`als_messages_rejected_total{reason="tls_handshake"}`), which tonic
-//! only logs at debug; and every handshake runs in its own task under [`HANDSHAKE_TIMEOUT`], so
-//! a peer that connects and stalls holds nothing but its own socket for at most that long.
+//! only logs at debug; and every handshake runs in its own task under the connection's deadline
+//! (`als_handshake_timeout_secs`) and holds one of the listener's connection slots
+//! ([`super::conn`]), so a peer that connects and stalls holds nothing but its own socket, for
+//! at most that long, and their number is bounded.
 //!
 //! Client certificates, when a client CA is configured, are verified by rustls during the
 //! handshake (chain to the CA, validity, proof of key possession): a certificate from another
 //! CA never gets an HTTP/2 connection. A peer without a certificate is let through the handshake
 //! so that it gets a readable `UNAUTHENTICATED` status at its first stream instead of a bare TLS
-//! alert; [`super::peer_auth`] enforces the certificate and the SPIFFE allow-list per stream.
+//! alert; [`super::peer_auth`] enforces the certificate and the SPIFFE allow-list per stream, and
+//! the connection is closed at the handshake deadline (it cannot hold a slot).
 //! The crypto provider is ring, chosen explicitly (not the process default).
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::rustls::{
     self,
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
@@ -31,19 +34,10 @@ use tokio_rustls::rustls::{
 };
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt as _};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::conn::{Deadline, Guarded, Slot, Upgrade};
 use crate::telemetry::{Metrics, Rejection};
-
-/// Longest a TLS handshake may take. Envoy finishes one in milliseconds; this only bounds
-/// connections that stall.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A certificate, key or CA file that cannot be used. `key()` names the setting, `fix()` says
 /// what to do; messages never include key material.
@@ -182,59 +176,67 @@ impl AlsTls {
     pub fn client_auth(&self) -> bool {
         self.client_auth
     }
+    /// The handshake step of [`super::conn::incoming`] for this configuration.
+    pub fn upgrade(&self, metrics: Arc<Metrics>) -> TlsUpgrade {
+        TlsUpgrade {
+            acceptor: TlsAcceptor::from(Arc::clone(&self.config)),
+            client_auth: self.client_auth,
+            metrics,
+        }
+    }
+}
 
-    /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake,
-    /// until `stop` is cancelled or the consumer goes away. Each handshake runs in its own task,
-    /// so a slow one delays no other.
-    pub fn incoming(
+/// One connection's TLS handshake, under the connection's deadline (`als_handshake_timeout_secs`,
+/// counted as `tls_handshake` when it passes). A client without a certificate where one is
+/// required gets its connection, so that its first stream reads a clear `UNAUTHENTICATED`, but
+/// only until that same deadline measured again from the handshake's end: it never holds one.
+#[derive(Clone)]
+pub struct TlsUpgrade {
+    acceptor: TlsAcceptor,
+    client_auth: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Upgrade for TlsUpgrade {
+    type Io = TlsStream<TcpStream>;
+
+    async fn upgrade(
         &self,
-        listener: TcpListener,
-        metrics: Arc<Metrics>,
-        stop: CancellationToken,
-    ) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
-        // A handful suffices: the server takes finished handshakes as fast as they come.
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(Arc::clone(&self.config));
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tx.closed() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            warn!(error = %e, "cannot accept an ALS connection");
-                            tokio::time::sleep(ACCEPT_BACKOFF).await;
-                            continue;
-                        }
-                    },
-                };
-                let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), Arc::clone(&metrics));
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            // Fails only when the server is gone; the connection just closes.
-                            let _ = tx.send(tls).await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics.rejected(Rejection::TlsHandshake);
-                            handshake_failed(peer, &e);
-                        }
-                        Err(_) => {
-                            metrics.rejected(Rejection::TlsHandshake);
-                            debug!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "ALS TLS handshake timed out");
-                        }
-                    }
-                });
+        tcp: TcpStream,
+        peer: SocketAddr,
+        slot: Slot,
+        deadline: Instant,
+    ) -> Option<Guarded<TlsStream<TcpStream>>> {
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let no_cert = self.client_auth && tls.get_ref().1.peer_certificates().is_none();
+                let done = Instant::now();
+                let g = Guarded::new(tls, Some(slot), Arc::clone(&self.metrics))
+                    .preface_by(done + (deadline - started));
+                Some(if no_cert {
+                    g.end_at(Deadline::NoClientCert, done + (deadline - started))
+                } else {
+                    g
+                })
             }
-        });
-        ReceiverStream::new(rx).map(Ok)
+            Ok(Err(e)) => {
+                self.metrics.rejected(Rejection::TlsHandshake);
+                handshake_failed(peer, &e);
+                None
+            }
+            Err(_) => {
+                self.metrics.rejected(Rejection::TlsHandshake);
+                debug!(%peer, "ALS TLS handshake timed out (als_handshake_timeout_secs)");
+                None
+            }
+        }
     }
 }
 
 /// Certificate problems are worth a warning (a proxy with the wrong CA, or a stranger); a
 /// connection closed before finishing (a port scan, a TCP probe) only a debug line.
-fn handshake_failed(peer: std::net::SocketAddr, e: &io::Error) {
+fn handshake_failed(peer: SocketAddr, e: &io::Error) {
     let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match tls {
         Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {

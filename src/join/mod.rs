@@ -39,6 +39,8 @@ pub enum JoinError {
 /// What a stream's first message says about its proxy; every record of the stream carries it.
 #[derive(Debug, Clone, Default)]
 pub struct StreamContext {
+    /// Set once a record of this stream had its start_time clamped (logged once per stream).
+    start_time_clamped: std::sync::Arc<std::sync::atomic::AtomicBool>,
     node_id_raw: Bytes,
     log_name_raw: Bytes,
     node_id: Option<String>,
@@ -55,6 +57,7 @@ impl StreamContext {
             mesh_cluster: traffic::text(&node.cluster),
             node_id_raw: node.id,
             log_name_raw: id.log_name.clone(),
+            start_time_clamped: Default::default(),
         }
     }
 
@@ -72,6 +75,9 @@ impl StreamContext {
 pub struct Joiner {
     redactor: Redactor,
     identity: IdentityResolver,
+    start_window: traffic::StartWindow,
+    /// Counts clamped start times (`start_time_clamped_total`).
+    metrics: Option<std::sync::Arc<crate::telemetry::Metrics>>,
 }
 
 impl Joiner {
@@ -79,6 +85,44 @@ impl Joiner {
         Joiner {
             redactor,
             identity: IdentityResolver::default(),
+            start_window: traffic::StartWindow::default(),
+            metrics: None,
+        }
+    }
+
+    /// Uses `window` for start times, counting clamped ones on `metrics`.
+    pub fn with_start_window(
+        mut self,
+        window: traffic::StartWindow,
+        metrics: std::sync::Arc<crate::telemetry::Metrics>,
+    ) -> Self {
+        self.start_window = window;
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Applies the start-time window (see [`traffic::StartWindow`]); counts and, once per
+    /// stream, logs a clamped time.
+    fn check_start(
+        &self,
+        ctx: &StreamContext,
+        rec: &mut AuditRecord,
+        reported: Option<&crate::ingest::wire::Timestamp>,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.start_window.apply(rec, reported) {
+            return;
+        }
+        if let Some(m) = &self.metrics {
+            m.start_time_clamped.fetch_add(1, Relaxed);
+        }
+        if !ctx.start_time_clamped.swap(true, Relaxed) {
+            tracing::warn!(
+                node_id = ctx.node_id().unwrap_or(""),
+                log_name = ctx.log_name().unwrap_or(""),
+                reported_secs = rec.start_time_reported_secs,
+                "an entry's start_time is outside the accepted window (start_time_max_past_secs, start_time_max_future_secs): stored with start_time = received_at and start_time_reported_secs; logged once per stream, counted in start_time_clamped_total"
+            );
         }
     }
 
@@ -149,6 +193,7 @@ impl Joiner {
                 })?;
                 if let Some(common) = &e.common_properties {
                     traffic::fill_common(&mut rec, common)?;
+                    self.check_start(ctx, &mut rec, common.start_time.as_ref());
                 }
                 traffic::fill_http(&mut rec, &e, &self.redactor);
                 let need = self.identity.fill(
@@ -168,6 +213,7 @@ impl Joiner {
                 })?;
                 if let Some(common) = &e.common_properties {
                     traffic::fill_common(&mut rec, common)?;
+                    self.check_start(ctx, &mut rec, common.start_time.as_ref());
                 }
                 traffic::fill_tcp(&mut rec, &e);
                 let need = self

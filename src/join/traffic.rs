@@ -37,6 +37,53 @@ pub fn timestamp_micros(ts: &Timestamp) -> Option<i64> {
         .checked_add(i64::from(ts.nanos) / 1_000)
 }
 
+/// The start times accepted, relative to the entry's `received_at` (settings
+/// `start_time_max_past_secs` and `start_time_max_future_secs`).
+///
+/// An entry's `start_time` is whatever its sender wrote: any allowed writer can send a time
+/// before 4713 BC, which Postgres cannot store (its day partition fails, and the sink would retry
+/// the batch forever), or thousands of distinct days in one message, each making a partition and
+/// six indexes. Neither is a plausible request time: Envoy logs a request within seconds of its
+/// start (a long-lived TCP connection is logged when it closes, hence the generous default of
+/// 7 days back). So every sink gets the same rule, applied once, here: a start time outside the
+/// window (or not representable in microseconds) is replaced by `received_at`, and the value
+/// the entry reported is kept, as whole seconds (Timestamp.seconds, which every sink can store),
+/// in `start_time_reported_secs`. Nothing accepted is dropped, the evidence is kept, and the
+/// days a message can touch are bounded by the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartWindow {
+    pub max_past: std::time::Duration,
+    pub max_future: std::time::Duration,
+}
+
+impl Default for StartWindow {
+    fn default() -> Self {
+        StartWindow {
+            max_past: std::time::Duration::from_secs(7 * 86_400),
+            max_future: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+impl StartWindow {
+    /// Checks the `start_time` [`fill_common`] set against `rec.received_at`; `reported` is the
+    /// entry's own Timestamp. Returns true when the time was replaced.
+    pub fn apply(&self, rec: &mut AuditRecord, reported: Option<&Timestamp>) -> bool {
+        let Some(ts) = reported else { return false };
+        let us = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let earliest = rec.received_at.saturating_sub(us(self.max_past));
+        let latest = rec.received_at.saturating_add(us(self.max_future));
+        match rec.start_time {
+            Some(t) if (earliest..=latest).contains(&t) => false,
+            _ => {
+                rec.start_time = Some(rec.received_at);
+                rec.start_time_reported_secs = Some(ts.seconds);
+                true
+            }
+        }
+    }
+}
+
 /// Looks up a logged header (keys are lower-case as Envoy logs them).
 pub(crate) fn header<'a>(headers: &'a [BytesEntry], name: &str) -> Option<&'a Bytes> {
     headers
@@ -283,6 +330,50 @@ pub fn trace_id(traceparent: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_times_outside_the_window_become_received_at_and_keep_what_was_reported() {
+        let w = StartWindow::default();
+        let received = 1_772_446_504_000_000i64;
+        let check = |seconds: i64, nanos: i32| {
+            let ts = Timestamp { seconds, nanos };
+            let mut rec = AuditRecord {
+                received_at: received,
+                start_time: timestamp_micros(&ts),
+                ..Default::default()
+            };
+            let clamped = w.apply(&mut rec, Some(&ts));
+            (clamped, rec.start_time, rec.start_time_reported_secs)
+        };
+        let now_s = received / 1_000_000;
+        // Inside: a second ago, 6 days ago, 59 minutes ahead.
+        for s in [now_s - 1, now_s - 6 * 86_400, now_s + 59 * 60] {
+            assert_eq!(
+                check(s, 5_000),
+                (false, Some(s * 1_000_000 + 5), None),
+                "{s}"
+            );
+        }
+        // Outside: before 4713 BC, 1980, 8 days ago, 2 hours ahead, year 300000, and a time
+        // whose microseconds overflow.
+        for s in [
+            -300_000_000_000,
+            315_532_800,
+            now_s - 8 * 86_400,
+            now_s + 7200,
+            9_400_000_000_000,
+            i64::MAX,
+        ] {
+            assert_eq!(check(s, 0), (true, Some(received), Some(s)), "{s}");
+        }
+        // No start time in the entry: nothing to judge (the sinks file it by received_at).
+        let mut rec = AuditRecord {
+            received_at: received,
+            ..Default::default()
+        };
+        assert!(!w.apply(&mut rec, None));
+        assert_eq!((rec.start_time, rec.start_time_reported_secs), (None, None));
+    }
 
     #[test]
     fn helpers() {

@@ -239,6 +239,8 @@ columns! {
     policy_name: text,
     shadow_policy_name: text,
     shadow_result: text,
+    // Ingest checks
+    start_time_reported_secs: bigint,
 }
 
 /// Builds a `StringList` (a present text[] value).

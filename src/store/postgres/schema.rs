@@ -25,10 +25,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_digests",
         include_str!("../../../migrations/0002_audit_digests.sql"),
     ),
+    (
+        3,
+        "start_time_reported",
+        include_str!("../../../migrations/0003_start_time_reported.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The oldest server that has everything the schema uses (UNIQUE NULLS NOT DISTINCT).
 const MIN_SERVER_VERSION: i64 = 150000;
