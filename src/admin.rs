@@ -114,6 +114,7 @@ pub async fn serve(
             .idle_after(timeouts.idle);
         let service = TowerToHyperService::new(router.clone());
         let stop = stop.clone();
+        let metrics = Arc::clone(&metrics);
         conns.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -132,6 +133,11 @@ pub async fn serve(
                 }
             };
             if let Err(e) = r {
+                if e.is_timeout() {
+                    metrics
+                        .admin_closed_header_timeout
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 debug!(%peer, error = %e, "admin connection ended");
             }
         });

@@ -1315,6 +1315,62 @@ mod tests {
     }
 
     #[test]
+    fn connection_and_start_time_settings() {
+        let file: ServeOptions = toml::from_str(
+            "als_max_connections = 100\nals_handshake_timeout_secs = 3\nals_keepalive_interval_secs = 0\nadmin_idle_timeout_secs = 9\nstart_time_max_past_secs = 86400\nstart_time_max_future_secs = 0\n",
+        )
+        .expect("valid keys");
+        let h = resolve_hardening(&ServeOptions::default().or(file)).expect("valid");
+        assert_eq!(h.als_max_connections, 100);
+        assert_eq!(h.als_handshake_timeout, Duration::from_secs(3));
+        assert_eq!(h.als_keepalive_interval, None, "0 turns pings off");
+        assert_eq!(h.admin_idle_timeout, Duration::from_secs(9));
+        assert_eq!(
+            h.start_time_window,
+            crate::join::traffic::StartWindow {
+                max_past: Duration::from_secs(86_400),
+                max_future: Duration::ZERO,
+            }
+        );
+        let d = resolve_hardening(&ServeOptions::default()).expect("defaults");
+        assert_eq!(d.start_time_window, Default::default());
+        assert_eq!(d.als_keepalive_interval, Some(Duration::from_secs(60)));
+        for (o, flag) in [
+            (
+                ServeOptions {
+                    als_max_connections: Some(0),
+                    ..Default::default()
+                },
+                "--als-max-connections",
+            ),
+            (
+                ServeOptions {
+                    als_handshake_timeout_secs: Some(0),
+                    ..Default::default()
+                },
+                "MESHAUDIT_ALS_HANDSHAKE_TIMEOUT_SECS",
+            ),
+            (
+                ServeOptions {
+                    admin_header_read_timeout_secs: Some(1000),
+                    ..Default::default()
+                },
+                "--admin-header-read-timeout-secs",
+            ),
+            (
+                ServeOptions {
+                    start_time_max_past_secs: Some(10),
+                    ..Default::default()
+                },
+                "start_time_max_past_secs",
+            ),
+        ] {
+            let msg = resolve_hardening(&o).expect_err("invalid").to_string();
+            assert!(msg.contains(flag) && msg.contains("Fix:"), "{msg}");
+        }
+    }
+
+    #[test]
     fn invalid_value_names_flag_env_and_fix() {
         let cfg = ServeConfig {
             parquet_zstd_level: 40,

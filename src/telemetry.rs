@@ -163,6 +163,9 @@ pub struct Metrics {
     pub als_closed_no_client_cert: AtomicU64,
     /// Admin connections closed after moving no bytes for `admin_idle_timeout_secs`.
     pub admin_closed_idle: AtomicU64,
+    /// Admin connections closed for not sending a request's headers in time (or idling between
+    /// keep-alive requests longer than that).
+    pub admin_closed_header_timeout: AtomicU64,
     /// Gauges: ALS connections open now, and the effective bound (after the open-files cap).
     pub als_connections_open: AtomicU64,
     pub als_connections_limit: AtomicU64,
@@ -201,7 +204,7 @@ impl Metrics {
         }
     }
 
-    fn counters(&self) -> [Counter; 31] {
+    fn counters(&self) -> [Counter; 32] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -383,6 +386,12 @@ impl Metrics {
                 "connections the collector closed at a deadline, by listener and reason",
                 &[("listener", "admin"), ("reason", "idle_timeout")],
                 g(&self.admin_closed_idle),
+            ),
+            (
+                "connections_closed",
+                "connections the collector closed at a deadline, by listener and reason",
+                &[("listener", "admin"), ("reason", "header_read_timeout")],
+                g(&self.admin_closed_header_timeout),
             ),
             (
                 "start_time_clamped",

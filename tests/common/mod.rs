@@ -99,8 +99,27 @@ impl Collector {
     }
 
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Collector {
+        Self::start_under(&[], data_dir, extra, env)
+    }
+
+    /// Like [`Collector::start_with_env`], run through `wrapper` (a program and its arguments
+    /// that execs the collector, e.g. `prlimit --nofile=256:512 --`); `&[]` runs it directly.
+    pub fn start_under(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collector {
         let [als_addr, admin_addr] = free_addrs::<2>();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshaudit"));
+        let bin = env!("CARGO_BIN_EXE_meshaudit");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+        };
         cmd.arg("serve")
             .args([
                 "--als-addr",
