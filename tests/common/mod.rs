@@ -81,6 +81,10 @@ pub fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The start-time window the harness gives the collector (see [`Collector::start_under`]).
+pub const FIXTURE_WINDOW_PAST_SECS: &str = "315360000";
+pub const FIXTURE_WINDOW_FUTURE_SECS: &str = "604800";
+
 /// A running collector process.
 pub struct Collector {
     child: Child,
@@ -131,6 +135,17 @@ impl Collector {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
+            // The fixtures are dated (2026-03-02), far outside the default start-time window of
+            // 7 days before receipt: accept them as sent (10 years back, 7 days ahead). Tests of
+            // the window pass the flags, which take precedence over the environment.
+            .env(
+                "MESHAUDIT_START_TIME_MAX_PAST_SECS",
+                FIXTURE_WINDOW_PAST_SECS,
+            )
+            .env(
+                "MESHAUDIT_START_TIME_MAX_FUTURE_SECS",
+                FIXTURE_WINDOW_FUTURE_SECS,
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
