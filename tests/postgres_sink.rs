@@ -308,7 +308,7 @@ fn schema_matches_the_contract_and_partitions_are_managed() {
     let pg = PgCluster::start();
     let url = pg.create_db("schema");
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
-    assert!(ok && out.contains("schema created (version 2)"), "{out}");
+    assert!(ok && out.contains("schema created (version 3)"), "{out}");
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
     assert!(ok && out.contains("up to date"), "{out}");
 
@@ -458,7 +458,7 @@ fn start_up_errors_say_what_to_fix_and_never_show_the_password() {
     );
     let out = serve_fails(dir.path(), &url);
     assert!(
-        out.contains("schema version 999") && out.contains("knows only up to 2"),
+        out.contains("schema version 999") && out.contains("knows only up to 3"),
         "{out}"
     );
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
