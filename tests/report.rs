@@ -289,7 +289,7 @@ fn assert_expected_numbers(doc: &Value) {
     // Access review: 28 records = 12 verified + 4 mTLS workloads + 12 unverified; 8 denied.
     assert_eq!(
         totals(doc, "access_review"),
-        json!({"requests": IN_RANGE, "verified": 12, "mtls_workload": 4, "unverified": 12, "denied": 8})
+        json!({"requests": IN_RANGE, "verified": 12, "mtls_workload": 4, "peer_metadata_workload": 0, "unverified": 12, "denied": 8})
     );
     let ada_orders = one(
         doc,
@@ -387,7 +387,7 @@ fn assert_expected_numbers(doc: &Value) {
     // Privileged: ada to orders (6) and catalog (1), verified; the forgery, unverified.
     assert_eq!(
         totals(doc, "privileged_access"),
-        json!({"requests": 8, "verified": 7, "mtls_workload": 0, "unverified": 1, "denied": 1})
+        json!({"requests": 8, "verified": 7, "mtls_workload": 0, "peer_metadata_workload": 0, "unverified": 1, "denied": 1})
     );
     let p = one(
         doc,
@@ -650,12 +650,12 @@ fn assert_csv(dir: &Path, doc: &Value) {
     let header = csv.lines().next().expect("header");
     assert_eq!(
         header,
-        "identity_kind,identity,destination_namespace,destination_service,requests,verified,mtls_workload,unverified,denied"
+        "identity_kind,identity,destination_namespace,destination_service,requests,verified,mtls_workload,peer_metadata_workload,unverified,denied"
     );
     assert!(csv.ends_with("\r\n"));
     assert!(
         csv.contains(&format!(
-            "\r\nuser,'{FORMULA_USER},shop,{ORDERS},1,1,0,0,0\r\n"
+            "\r\nuser,'{FORMULA_USER},shop,{ORDERS},1,1,0,0,0,0\r\n"
         )),
         "{csv}"
     );

@@ -271,6 +271,9 @@ pub mod values {
     pub const SOURCE_JWT_HEADER: &str = "jwt_header";
     pub const SOURCE_PAYLOAD_HEADER: &str = "payload_header";
     pub const SOURCE_MTLS: &str = "mtls";
+    /// Istio peer metadata alone (no peer certificate in the entry): a claim the other proxy
+    /// made, not a certificate.
+    pub const SOURCE_PEER_METADATA: &str = "peer_metadata";
     pub const SOURCE_NONE: &str = "none";
 
     pub const TOKEN_VERIFIED: &str = "verified";

@@ -435,6 +435,49 @@ mod tests {
         GroupBy { name, expr }
     }
 
+    /// Certificate-backed workloads and peer-metadata-only ones are counted apart, and a row
+    /// written before `peer_metadata` existed (`mtls` without a source_principal) is read as
+    /// peer metadata. The four trust categories still partition the requests.
+    #[test]
+    fn workloads_by_certificate_and_by_peer_metadata_are_apart_old_rows_included() {
+        use super::super::spec::{mtls_workload, peer_metadata_workload, unverified, verified};
+        let workload = |id: &str, source: &str, principal: Option<&str>| AuditRecord {
+            record_id: id.into(),
+            identity_kind: "workload".into(),
+            identity_source: source.into(),
+            token_status: "absent".into(),
+            source_principal: principal.map(str::to_owned),
+            source_workload: Some("checkout".into()),
+            ..Default::default()
+        };
+        let records = [
+            workload(
+                "cert",
+                "mtls",
+                Some("spiffe://cluster.local/ns/orders/sa/checkout"),
+            ),
+            workload("meta", "peer_metadata", None),
+            workload("old", "mtls", None),
+            rec("user", "verified", None, None),
+            rec("anonymous", "absent", None, None),
+        ];
+        let s = section(
+            None,
+            vec![],
+            vec![
+                count("requests", None),
+                count("verified", Some(verified())),
+                count("mtls_workload", Some(mtls_workload())),
+                count("peer_metadata_workload", Some(peer_metadata_workload())),
+                count("unverified", Some(unverified())),
+            ],
+        );
+        assert_eq!(
+            run(s, &ListParams::default(), &records)[0].measures,
+            [5, 1, 1, 2, 1]
+        );
+    }
+
     #[test]
     fn null_comparisons_are_unknown_and_not_counted() {
         let records = [

@@ -125,16 +125,38 @@ pub fn verified() -> Pred {
     )
 }
 
-/// An mTLS peer identified by its certificate, with no verified token: counted apart from
-/// token-verified identities, never added to them.
+/// A mesh workload identified by its mTLS peer certificate (the certificate's URI SAN is in
+/// `source_principal`), with no verified token: counted apart from token-verified identities,
+/// never added to them. Requiring `source_principal` (rather than `identity_source = mtls`)
+/// also reads records written before `peer_metadata` existed correctly: those stored Istio peer
+/// metadata alone as `mtls` with a NULL `source_principal`, and land in
+/// [`peer_metadata_workload`].
 pub fn mtls_workload() -> Pred {
     Pred::And(vec![
         Pred::Eq("identity_kind", v::KIND_WORKLOAD),
+        Pred::NotNull("source_principal"),
         Pred::Not(Box::new(verified())),
     ])
 }
 
-/// Neither a verified token nor an mTLS workload: anonymous callers, failed tokens.
+/// A workload named only by Istio peer metadata (no peer certificate in the entry), with no
+/// verified token: a claim the other proxy made, reported apart from certificate-backed
+/// workloads and never counted as identified.
+pub fn peer_metadata_workload() -> Pred {
+    Pred::And(vec![
+        Pred::Eq("identity_kind", v::KIND_WORKLOAD),
+        Pred::Not(Box::new(Pred::NotNull("source_principal"))),
+        Pred::Not(Box::new(verified())),
+    ])
+}
+
+/// Identified by evidence: a verified token or an mTLS certificate.
+pub fn identified() -> Pred {
+    Pred::Or(vec![verified(), mtls_workload()])
+}
+
+/// Neither a verified token nor a workload (by certificate or peer metadata): anonymous
+/// callers, failed tokens.
 pub fn unverified() -> Pred {
     Pred::And(vec![
         Pred::Not(Box::new(verified())),
@@ -201,17 +223,24 @@ fn requests() -> Measure {
     records("requests", None)
 }
 
-/// requests, verified, mtls_workload, unverified (the last three partition the first).
+/// requests, verified, mtls_workload, peer_metadata_workload, unverified (the last four
+/// partition the first).
 fn trust_measures() -> Vec<Measure> {
     vec![
         requests(),
         records("verified", Some(verified())),
         records("mtls_workload", Some(mtls_workload())),
+        records("peer_metadata_workload", Some(peer_metadata_workload())),
         records("unverified", Some(unverified())),
     ]
 }
 
-const TRUST_CHART: &[&str] = &["verified", "mtls_workload", "unverified"];
+const TRUST_CHART: &[&str] = &[
+    "verified",
+    "mtls_workload",
+    "peer_metadata_workload",
+    "unverified",
+];
 const DENY_CHART: &[&str] = &["denied", "not_denied"];
 
 fn deny_measures() -> Vec<Measure> {
@@ -234,8 +263,10 @@ pub fn sections() -> Vec<Section> {
             description: "Every request in the range, by identity kind, caller and destination. \
                 `verified` counts only tokens the collector or the proxy verified \
                 (token_status verified or proxy_verified); `mtls_workload` counts workloads \
-                identified by their mTLS certificate alone; `unverified` is everything else \
-                (anonymous callers, failed tokens). The three add up to `requests`. The \
+                identified by their mTLS certificate alone; `peer_metadata_workload` counts \
+                workloads named only by Istio peer metadata (the other proxy's claim, no \
+                certificate); `unverified` is everything else (anonymous callers, failed \
+                tokens). The four add up to `requests`. The \
                 `identity` column is what the caller claimed and is trustworthy only where \
                 the request is counted as verified.",
             filter: None,
@@ -339,11 +370,11 @@ pub fn sections() -> Vec<Section> {
             id: "unverified_access",
             title: "Unverified or anonymous access to destinations that normally see verified identities",
             criteria: &["CC6.1", "CC6.6", "CC7.2"],
-            description: "Requests with neither a verified token nor an mTLS workload identity, \
-                to destinations where more than half of all requests in the range carried one \
-                (a verified token or an mTLS workload identity). `identity` is what the caller \
-                claimed, if anything; `client_address` is the original client IP.",
-            filter: Some(unverified()),
+            description: "Requests with neither a verified token nor an mTLS certificate \
+                (including workloads named only by Istio peer metadata), to destinations where \
+                more than half of all requests in the range carried one. `identity` is what the \
+                caller claimed, if anything; `client_address` is the original client IP.",
+            filter: Some(Pred::Not(Box::new(identified()))),
             group_by: [
                 col("destination_namespace"),
                 col("destination_service"),
@@ -357,7 +388,7 @@ pub fn sections() -> Vec<Section> {
             measures: deny_measures(),
             baseline: Some(Baseline {
                 keys: vec!["destination_namespace", "destination_service"],
-                pred: Pred::Or(vec![verified(), mtls_workload()]),
+                pred: identified(),
                 min_percent: 50,
             }),
             chart: DENY_CHART,

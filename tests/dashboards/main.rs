@@ -404,6 +404,41 @@ impl Suite {
                 .push(format!("Users with {OBRIEN:?} selected: {t:?}"));
         }
 
+        // Certificates and peer metadata are told apart, old rows included (`mtls` without a
+        // source_principal was peer metadata before `peer_metadata` existed).
+        let t = self
+            .panel(dashes, "identities.json", "Identity sources", &[])
+            .await;
+        let by_source = |t: &Table, source: &str| {
+            (0..t.rows.len())
+                .find(|&r| t.value(r, "Source") == Some(source))
+                .map_or(0.0, |r| t.number(r, "Requests"))
+        };
+        let want = self
+            .count("identity_source = 'peer_metadata' OR (identity_source = 'mtls' AND source_principal IS NULL)")
+            .await;
+        if want < 3.0 {
+            self.failures.push(format!(
+                "the seed has {want} peer-metadata rows, expected 3"
+            ));
+        }
+        self.expect_eq("peer_metadata source", by_source(&t, "peer_metadata"), want);
+        let want = self
+            .count("identity_source = 'mtls' AND source_principal IS NOT NULL")
+            .await;
+        self.expect_eq("mtls source", by_source(&t, "mtls"), want);
+        let t = self
+            .panel(dashes, "identities.json", "Workloads without a token", &[])
+            .await;
+        let peer_only: f64 = (0..t.rows.len())
+            .filter(|&r| t.value(r, "Identified by") == Some("peer metadata only"))
+            .map(|r| t.number(r, "Requests"))
+            .sum();
+        let want = self
+            .count("identity_kind = 'workload' AND source_principal IS NULL")
+            .await;
+        self.expect_eq("workloads by peer metadata only", peer_only, want);
+
         let t = self
             .panel(dashes, "token-health.json", "Token anomalies", &[])
             .await;

@@ -399,6 +399,26 @@ fn crafted_entries(
     // A workload with no token and no authorizer evidence.
     let e = c.entry();
     c.push(e);
+
+    // Two workloads named only by Istio peer metadata (no certificate in the entry):
+    // identity_source peer_metadata, never counted as mTLS.
+    for _ in 0..2 {
+        let mut e = c.entry();
+        if let Some(cp) = e.common_properties.as_mut() {
+            cp.tls_properties = None;
+            cp.filter_state_objects.insert(
+                "downstream_peer".to_owned(),
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: "type.googleapis.com/google.protobuf.Struct".to_owned(),
+                    value: prost::Message::encode_to_vec(&string_struct(&[
+                        ("namespace", "frontend"),
+                        ("workload", "web"),
+                    ])),
+                },
+            );
+        }
+        c.push(e);
+    }
     c.entries
 }
 
@@ -524,6 +544,21 @@ pub fn seed(pg: &PgCluster, db: &str, url: &str) -> Seed {
     let (status, log) = c.stop();
     assert!(status.success(), "collector exit {status}:\n{log}");
     assert_eq!(pg.count(db, "SELECT count(*) FROM audit_records"), want);
+    // A row as collectors before `peer_metadata` wrote it: Istio peer metadata alone, stored as
+    // `mtls` with no source_principal. Dashboards must read it as peer metadata.
+    pg.psql(
+        db,
+        &format!(
+            "INSERT INTO audit_records (record_id, start_time, received_at, entry_kind, \
+             response_flags, source_namespace, source_workload, identity_kind, identity_source, \
+             token_status, decision, decision_engine) VALUES ('{:032x}', \
+             to_timestamp({}), to_timestamp({}), 'http', '{{}}', 'frontend', 'legacy', \
+             'workload', 'mtls', 'absent', 'unevaluated', 'none')",
+            0x01d_u128,
+            at0 + 25,
+            at0 + 26
+        ),
+    );
 
     // The seed covers every value the dashboards distinguish, so that an empty panel below
     // means a broken query, not a thin seed.

@@ -12,7 +12,8 @@
 //!    its claims and the kind they describe; `token_status` says why it must not be trusted.
 //! 3. **A proxy denial**: `jwt_authn_access_denied{...}` in `response_code_details` (see
 //!    [`denial`]). The proxy left no claims: `token_status` comes from the reason. The caller is
-//!    `workload`/`mtls` if an mTLS peer (or Istio peer metadata) identifies it — a certificate
+//!    `workload`/`mtls` if an mTLS peer certificate identifies it (`workload`/`peer_metadata`
+//!    if only Istio peer metadata does) — a certificate
 //!    proves who connected even though the token failed — else `anonymous`/`none`. The contract
 //!    describes the common gateway case (no peer certificate) as `none`/`anonymous`; calling an
 //!    mTLS-authenticated caller anonymous would undercount workloads, so the peer wins.
@@ -24,8 +25,10 @@
 //!    was then replayed or forged. Envoy does not promise to strip a client-supplied copy when a
 //!    request carries no token, so name the header only where a proxy on the path always sets
 //!    or removes it (e.g. a sidecar behind a gateway that runs jwt_authn for every route).
-//! 5. **An mTLS peer** (`source_principal`, or Istio peer metadata's workload) → `workload`,
-//!    `mtls`, `absent`. 6. Otherwise `anonymous`, `none`, `absent`.
+//! 5. **An mTLS peer** (`source_principal`, the peer certificate's URI SAN) → `workload`,
+//!    `mtls`, `absent`; **Istio peer metadata alone** (`downstream_peer`'s workload, no
+//!    certificate in the entry) → `workload`, `peer_metadata`, `absent`: the other proxy's
+//!    claim, not a certificate. 6. Otherwise `anonymous`, `none`, `absent`.
 //!
 //! `groups_overage` is `false`/`true` whenever claims were read and NULL otherwise; every
 //! claim-derived column is NULL when its claim is absent.
@@ -416,11 +419,15 @@ fn set_source(rec: &mut AuditRecord, source: &'static str, status: &'static str)
     rec.token_status = status.to_owned();
 }
 
-/// No claims: a workload if the connection identifies one, else anonymous.
+/// No claims: a workload if the connection identifies one, else anonymous. Only a peer
+/// certificate's URI SAN in the entry (`source_principal`) is `mtls`; Istio peer metadata
+/// alone (`source_workload` from `downstream_peer`) is `peer_metadata`, a claim the other proxy
+/// made, which reports and dashboards keep apart from certificate-backed identities.
 fn write_without_claims(rec: &mut AuditRecord, status: &'static str) {
-    let peer = rec.source_principal.is_some() || rec.source_workload.is_some();
-    let (kind, source) = if peer {
+    let (kind, source) = if rec.source_principal.is_some() {
         (values::KIND_WORKLOAD, values::SOURCE_MTLS)
+    } else if rec.source_workload.is_some() {
+        (values::KIND_WORKLOAD, values::SOURCE_PEER_METADATA)
     } else {
         (values::KIND_ANONYMOUS, values::SOURCE_NONE)
     };

@@ -140,6 +140,8 @@ struct Entry {
     headers: Vec<(&'static str, String)>,
     details: Option<&'static str>,
     peer: bool,
+    /// Istio `downstream_peer` filter state (namespace, workload), without a certificate.
+    peer_metadata: bool,
     start: Option<i64>,
 }
 
@@ -158,6 +160,24 @@ impl Entry {
                 }),
                 ..Default::default()
             }),
+            filter_state_objects: if self.peer_metadata {
+                let Some(prost_types::value::Kind::StructValue(s)) = json_to_struct(
+                    &serde_json::json!({"namespace": "orders", "workload": "checkout"}),
+                )
+                .kind
+                else {
+                    unreachable!("an object converts to a Struct")
+                };
+                vec![crate::ingest::wire::AnyEntry {
+                    key: Bytes::from_static(b"downstream_peer"),
+                    value: Some(crate::ingest::wire::Any {
+                        type_url: Bytes::from_static(b"type.googleapis.com/google.protobuf.Struct"),
+                        value: s.encode_to_vec().into(),
+                    }),
+                }]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
         HttpAccessLogEntry {
@@ -245,9 +265,12 @@ fn ctx() -> StreamContext {
     StreamContext::default()
 }
 
+/// Joins `e` as received a second after its request started (the start-time window is
+/// relative to the receive time; a request logged an hour after receipt would be clamped).
 fn join(f: &Fixture, e: &Entry) -> AuditRecord {
+    let received = e.start.unwrap_or(NOW) + 1;
     f.joiner
-        .join(&ctx(), EntryType::Http, &e.encode(), (NOW + 1) * 1_000_000)
+        .join(&ctx(), EntryType::Http, &e.encode(), received * 1_000_000)
         .expect("entry joins")
 }
 
@@ -832,6 +855,50 @@ fn cases() -> Vec<Case> {
                 values::TOKEN_ABSENT,
             ),
             check: no_claims,
+        },
+        Case {
+            name: "Istio peer metadata, no certificate: a claim, not mTLS",
+            entry: Entry {
+                peer_metadata: true,
+                ..Default::default()
+            },
+            want: (
+                values::KIND_WORKLOAD,
+                values::SOURCE_PEER_METADATA,
+                values::TOKEN_ABSENT,
+            ),
+            check: |r| {
+                assert_eq!(r.source_principal, None);
+                assert_eq!(r.source_workload.as_deref(), Some("checkout"));
+            },
+        },
+        Case {
+            name: "a certificate and peer metadata: the certificate makes it mTLS",
+            entry: Entry {
+                peer: true,
+                peer_metadata: true,
+                ..Default::default()
+            },
+            want: (
+                values::KIND_WORKLOAD,
+                values::SOURCE_MTLS,
+                values::TOKEN_ABSENT,
+            ),
+            check: no_claims,
+        },
+        Case {
+            name: "proxy denied a token, peer metadata only: still not mTLS",
+            entry: Entry {
+                details: Some("jwt_authn_access_denied{Jwt_is_expired}"),
+                peer_metadata: true,
+                ..Default::default()
+            },
+            want: (
+                values::KIND_WORKLOAD,
+                values::SOURCE_PEER_METADATA,
+                values::TOKEN_EXPIRED,
+            ),
+            check: |_| {},
         },
         Case {
             name: "nobody",

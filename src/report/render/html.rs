@@ -34,7 +34,7 @@ pub fn esc(s: &str) -> String {
 
 const CSS: &str = r#"
 :root { --fg: #1b1f24; --muted: #57606a; --line: #d0d7de; --bg-alt: #f6f8fa;
-        --verified: #2e7d32; --mtls_workload: #1565c0; --unverified: #c62828;
+        --verified: #2e7d32; --mtls_workload: #1565c0; --peer_metadata_workload: #8e7cc3; --unverified: #c62828;
         --denied: #c62828; --not_denied: #8c959f; --requests: #57606a; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif;

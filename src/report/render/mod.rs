@@ -20,13 +20,20 @@ pub const DEFINITIONS: &[(&str, &str)] = &[
     (
         "mtls_workload",
         "records whose caller is a mesh workload identified by its mTLS certificate alone \
-         (identity_kind workload), shown apart from token-verified identities",
+         (identity_kind workload with the certificate's URI SAN in source_principal), shown \
+         apart from token-verified identities",
+    ),
+    (
+        "peer_metadata_workload",
+        "records whose caller is a mesh workload named only by Istio peer metadata \
+         (identity_kind workload, no peer certificate: source_principal NULL): a claim the \
+         other proxy made, not a certificate, and never counted as identified",
     ),
     (
         "unverified",
         "all other records: anonymous callers and tokens that failed a check; any identity \
-         shown for them is a claim, not a verified fact. verified + mtls_workload + unverified \
-         = requests",
+         shown for them is a claim, not a verified fact. verified + mtls_workload + \
+         peer_metadata_workload + unverified = requests",
     ),
     (
         "denied / not_denied",
