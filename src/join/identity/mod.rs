@@ -21,8 +21,10 @@
 //! 4. **A forwarded claims header** (`payload_header`, off by default): Istio's
 //!    `outputPayloadToHeader`, base64url JSON, `identity_source = payload_header`. Its
 //!    `token_status` is `proxy_verified` (the proxy that verified the token wrote it), but
+//!    `untrusted_issuer` when tenants are configured and its `iss` is none of their issuers,
+//!    `wrong_audience` when its `aud` names no configured audience, and
 //!    `expired`/`not_yet_valid` when its `exp`/`nbf` contradict the request time: that header
-//!    was then replayed or forged. Envoy does not promise to strip a client-supplied copy when a
+//!    was then replayed, forged, or written for another API. Envoy does not promise to strip a client-supplied copy when a
 //!    request carries no token, so name the header only where a proxy on the path always sets
 //!    or removes it (e.g. a sidecar behind a gateway that runs jwt_authn for every route).
 //! 5. **An mTLS peer** (`source_principal`, the peer certificate's URI SAN) → `workload`,

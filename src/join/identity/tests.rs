@@ -364,6 +364,21 @@ fn cases() -> Vec<Case> {
                            "sub": "9e8d7c6b-0000-4000-8000-00000000e002"}),
     );
     let payload_value = b64(user.to_string().as_bytes());
+    let foreign_issuer_payload = b64(with(
+        user.clone(),
+        serde_json::json!({"iss": format!("https://login.microsoftonline.com/{OTHER_TID}/v2.0")}),
+    )
+    .to_string()
+    .as_bytes());
+    let no_issuer_payload = b64(with(user.clone(), serde_json::json!({"iss": null}))
+        .to_string()
+        .as_bytes());
+    let foreign_audience_payload = b64(with(
+        user.clone(),
+        serde_json::json!({"aud": "api://someone-else"}),
+    )
+    .to_string()
+    .as_bytes());
     let expired_payload = b64(with(user.clone(), serde_json::json!({"exp": NOW - 3600}))
         .to_string()
         .as_bytes());
@@ -827,6 +842,48 @@ fn cases() -> Vec<Case> {
                 values::KIND_USER,
                 values::SOURCE_PAYLOAD_HEADER,
                 values::TOKEN_EXPIRED,
+            ),
+            check: |_| {},
+        },
+        Case {
+            name: "forwarded claims header from another tenant's issuer",
+            entry: Entry {
+                headers: vec![("x-jwt-payload", foreign_issuer_payload)],
+                start: Some(NOW),
+                ..Default::default()
+            },
+            want: (
+                values::KIND_USER,
+                values::SOURCE_PAYLOAD_HEADER,
+                values::TOKEN_UNTRUSTED_ISSUER,
+            ),
+            check: |_| {},
+        },
+        Case {
+            name: "forwarded claims header without an issuer",
+            entry: Entry {
+                headers: vec![("x-jwt-payload", no_issuer_payload)],
+                start: Some(NOW),
+                ..Default::default()
+            },
+            want: (
+                values::KIND_USER,
+                values::SOURCE_PAYLOAD_HEADER,
+                values::TOKEN_UNTRUSTED_ISSUER,
+            ),
+            check: |_| {},
+        },
+        Case {
+            name: "forwarded claims header for another audience",
+            entry: Entry {
+                headers: vec![("x-jwt-payload", foreign_audience_payload)],
+                start: Some(NOW),
+                ..Default::default()
+            },
+            want: (
+                values::KIND_USER,
+                values::SOURCE_PAYLOAD_HEADER,
+                values::TOKEN_WRONG_AUDIENCE,
             ),
             check: |_| {},
         },

@@ -18,6 +18,11 @@
 //! 8. Per record, against the request's `start_time` with the clock-skew allowance: `exp` →
 //!    `expired`, `nbf` → `not_yet_valid`; else `verified`.
 //!
+//! A forwarded claims header (`payload_header`) has no signature to check: the proxy vouches
+//! for it. It still gets steps 3 and 6 against the configuration (`untrusted_issuer` when
+//! tenants are configured and `iss` is none of theirs, `wrong_audience` when `aud` names no
+//! configured audience), so a forged or foreign header is never `proxy_verified`; then step 8.
+//!
 //! Steps 1–7 do not depend on time, so their outcome is cached by a keyed digest of the token
 //! (BLAKE3 keyed with a random per-process key: the digest says nothing about the token outside
 //! this process, and cannot be steered to collide). A token seen 100,000 times costs one
@@ -203,10 +208,10 @@ impl Verifier {
                     .and_then(b64url)
                     .and_then(|json| Claims::from_json(&json).ok());
                 let checked = Arc::new(match claims {
-                    Some(c) => Checked::new(
-                        Some(Prepared::new(c, &self.audiences)),
-                        Verdict::ProxyVouched,
-                    ),
+                    Some(c) => {
+                        let verdict = self.payload_verdict(&c);
+                        Checked::new(Some(Prepared::new(c, &self.audiences)), verdict)
+                    }
                     None => Checked::new(None, Verdict::Failed(values::TOKEN_MALFORMED)),
                 });
                 self.cache.insert(digest, Arc::clone(&checked));
@@ -215,6 +220,34 @@ impl Verifier {
         };
         self.judge(&checked, start_us)
             .unwrap_or_else(|| self.stale_fallback(checked))
+    }
+
+    /// A forwarded claims header is vouched for by the proxy that wrote it, but only for what
+    /// this collector would accept itself: with tenants configured, its `iss` must be one of
+    /// their issuers (else `untrusted_issuer`), and with audiences configured (always, with
+    /// tenants), its `aud` must name one (else `wrong_audience`). A header forged by a client,
+    /// or written for another API, is then never `proxy_verified`.
+    fn payload_verdict(&self, claims: &Claims) -> Verdict {
+        if !self.issuers.is_empty()
+            && !claims
+                .iss
+                .as_deref()
+                .is_some_and(|iss| self.issuers.iter().any(|t| t.issuer == iss))
+        {
+            return Verdict::Failed(values::TOKEN_UNTRUSTED_ISSUER);
+        }
+        if !self.audiences.is_empty() && !self.audience_ok(claims) {
+            return Verdict::Failed(values::TOKEN_WRONG_AUDIENCE);
+        }
+        Verdict::ProxyVouched
+    }
+
+    /// One of the token's audiences is a configured one.
+    fn audience_ok(&self, claims: &Claims) -> bool {
+        claims.aud.as_deref().is_some_and(|aud| {
+            aud.iter()
+                .any(|a| self.audiences.iter().any(|c| audience_matches(a, c)))
+        })
     }
 
     fn stale_fallback(&self, checked: Arc<Checked>) -> Judged {
@@ -334,11 +367,7 @@ impl Verifier {
         if !key.verify_rs256(parts.signed.as_bytes(), &signature) {
             return Verdict::Failed(values::TOKEN_BAD_SIGNATURE);
         }
-        let aud_ok = claims.aud.as_deref().is_some_and(|aud| {
-            aud.iter()
-                .any(|a| self.audiences.iter().any(|c| audience_matches(a, c)))
-        });
-        if !aud_ok {
+        if !self.audience_ok(claims) {
             return Verdict::Failed(values::TOKEN_WRONG_AUDIENCE);
         }
         if claims.exp.is_none() {
