@@ -294,3 +294,41 @@ fn tls_connections_without_a_handshake_or_a_client_certificate_do_not_hold_a_slo
     let (status, output) = c.stop();
     assert!(status.success(), "{output}");
 }
+
+/// A connection that completes the preface but never answers anything (a dead peer, or one
+/// that only holds the socket) is closed by the keepalive ping's timeout, not left open.
+#[test]
+fn a_silent_peer_after_the_preface_is_closed_by_keepalive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(
+        &dir.path().join("data"),
+        &[
+            "--als-handshake-timeout-secs",
+            "1",
+            "--als-keepalive-interval-secs",
+            "1",
+            "--als-keepalive-timeout-secs",
+            "1",
+        ],
+    );
+    let mut s = TcpStream::connect(c.als_addr).expect("connect");
+    s.write_all(PREFACE).expect("preface");
+    s.write_all(EMPTY_SETTINGS).expect("settings");
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(10)),
+        "closed once its ping goes unanswered"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "after the interval and the timeout, not at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        c.metric("meshaudit_connections_closed_total{listener=\"als\",reason=\"preface_timeout\"}"),
+        0,
+        "the preface arrived: this was keepalive's doing"
+    );
+    let (status, output) = c.stop();
+    assert!(status.success(), "{output}");
+}
