@@ -1001,19 +1001,6 @@ fn resolve_identity(o: &ServeOptions) -> Result<IdentityConfig, ConfigError> {
             "a header carries either a raw token or forwarded claims: name it in one list only",
         ));
     }
-    let in_range =
-        |key: &'static str, v: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
-            let v = v.unwrap_or(default);
-            if range.contains(&v) {
-                Ok(v)
-            } else {
-                Err(ConfigError::invalid(
-                    key,
-                    format!("{v} is outside {}..={}", range.start(), range.end()),
-                    format!("use a value in that range ({default} is the default)"),
-                ))
-            }
-        };
     let clock_skew = in_range(
         "clock_skew_secs",
         o.clock_skew_secs,

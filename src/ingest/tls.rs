@@ -212,8 +212,10 @@ impl Upgrade for TlsUpgrade {
             Ok(Ok(tls)) => {
                 let no_cert = self.client_auth && tls.get_ref().1.peer_certificates().is_none();
                 let done = Instant::now();
-                let g = Guarded::new(tls, Some(slot), Arc::clone(&self.metrics))
-                    .preface_by(done + (deadline - started));
+                // The preface is due by the same deadline as the handshake: a real client sends
+                // it the moment the handshake ends.
+                let g =
+                    Guarded::new(tls, Some(slot), Arc::clone(&self.metrics)).preface_by(deadline);
                 Some(if no_cert {
                     g.end_at(Deadline::NoClientCert, done + (deadline - started))
                 } else {
