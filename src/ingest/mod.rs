@@ -7,11 +7,14 @@
 //! - `tls`: TLS on the listener (certificate files, accept loop with counted handshake failures).
 //! - `peer_auth`: which TLS peers may write (client certificate, SPIFFE allow-list).
 //! - `limits`: streams in total, idle timeout, maximum stream age.
+//! - `stack_refusals`: streams the HTTP/2 layer resets before the service sees them, counted
+//!   and logged once with the fix.
 
 pub mod codec;
 pub mod limits;
 pub mod pbstruct;
 pub mod peer_auth;
 pub mod service;
+pub mod stack_refusals;
 pub mod tls;
 pub mod wire;

@@ -116,6 +116,7 @@ class Run:
     rows: dict[str, list[dict]]  # reader -> rows
     tcp_payloads: list[int]
     envoy_logs: str
+    refused: dict[str, float]  # meshaudit_als_streams_refused_total by reason, non-zero ones
     took_s: float
 
 
@@ -157,6 +158,8 @@ def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a
             assert statuses[r.rid] == r.status, (r.rid, statuses[r.rid], r.status)
         received = receiver.entries()
         collector.wait_metric("meshaudit_als_entries_received_total", len(received))
+        refused = {k: v for k, v in collector.metrics().items()
+                   if k.startswith("meshaudit_als_streams_refused_total") and v}
         returncode = collector.stop()
     finally:
         for env in envoys:
@@ -169,7 +172,8 @@ def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a
     out = Output(collector.data_dir)
     rows = {"duckdb": out.duckdb_rows(), "pyarrow": out.arrow_rows()}
     return Run(reqs_a + reqs_b, tokens, received, collector, returncode, rows,
-               list(tcp_sizes), "\n".join(e.log() for e in envoys), time.monotonic() - started)
+               list(tcp_sizes), "\n".join(e.log() for e in envoys), refused,
+               time.monotonic() - started)
 
 
 def run_form(tmp_path_factory, form: str) -> Run:
@@ -184,6 +188,17 @@ def run_form(tmp_path_factory, form: str) -> Run:
 @pytest.fixture(scope="module")
 def telemetry_run(tmp_path_factory) -> Run:
     return run_form(tmp_path_factory, "telemetry-api")
+
+
+@pytest.fixture(scope="module")
+def envoyfilter_run(tmp_path_factory) -> Run:
+    return run_form(tmp_path_factory, "envoyfilter")
+
+
+@pytest.fixture(params=["telemetry-api", "envoyfilter"])
+def any_run(request) -> Run:
+    return request.getfixturevalue(
+        "telemetry_run" if request.param == "telemetry-api" else "envoyfilter_run")
 
 
 def _same(got, want) -> bool:
@@ -211,8 +226,8 @@ def _row_key(row: dict) -> str:
 
 @pytest.mark.parametrize("reader", ["duckdb", "pyarrow"])
 def test_every_entry_envoy_sent_is_stored_once_with_the_columns_of_the_contract(
-        telemetry_run, reader):
-    run = telemetry_run
+        any_run, reader):
+    run = any_run
     assert run.returncode == 0, run.collector.stderr()[-3000:]
     rows: dict[str, list[dict]] = {}
     for r in run.rows[reader]:
@@ -267,9 +282,9 @@ def test_scenario_details(telemetry_run):
         (1000, 1000, "tcp_envoy_accesslog"), (1001, 1001, "tcp_envoy_accesslog")]
 
 
-def test_envoy_restart_loses_nothing(telemetry_run):
+def test_envoy_restart_loses_nothing(any_run):
     """Both Envoy processes' entries are stored: the first Envoy's streams ended by its exit."""
-    stored = {_row_key(r) for r in telemetry_run.rows["duckdb"]}
+    stored = {_row_key(r) for r in any_run.rows["duckdb"]}
     first = {r.rid for r in requests_before_restart({k: "" for k in
              ("user", "app", "mi", "expired", "wrong_audience")})} | {"tcp-1000"}
     second = {r.rid for r in requests_after_restart({"user": ""})} | {"tcp-1001"}
@@ -284,3 +299,16 @@ def test_no_token_reaches_the_collectors_files_or_logs(telemetry_run):
         sig = token.rsplit(".", 1)[1]
         assert sig.encode() not in written, f"{name} token's signature was written"
     assert b"secret-auth-code" not in written
+
+
+def test_envoyfilter_loggers_without_authority_are_stored(envoyfilter_run):
+    """The EnvoyFilter form names the collector's cluster and no authority, so Envoy sends
+    `outbound|9000||meshaudit.meshaudit.svc.cluster.local` as :authority (h2 issue #619: reset
+    before the service saw it, every entry lost). Every entry is stored, none refused."""
+    run = envoyfilter_run
+    assert run.returncode == 0
+    stored = {_row_key(r) for r in run.rows["duckdb"]}
+    assert len(stored) == len(run.received) == len(run.reqs) + len(run.tcp_payloads)
+    assert "authority=" not in E.loggers("envoyfilter", "http")
+    assert "authority:" not in E.loggers("envoyfilter", "http")
+    assert run.refused == {}, run.refused
