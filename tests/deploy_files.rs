@@ -380,7 +380,7 @@ fn help_flags(help: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The collector's Deployment, its one container and what its settings resolve to.
+/// The collector's StatefulSet, its one container and what its settings resolve to.
 struct Collector {
     build: Build,
     deployment: Obj,
@@ -393,7 +393,7 @@ struct Collector {
 impl Collector {
     fn load() -> Collector {
         let build = build(&deploy().join("collector"));
-        let deployment = build.one("Deployment").clone();
+        let deployment = build.one("StatefulSet").clone();
         let what = deployment.what();
         let containers = seq_at(&deployment.doc, "/spec/template/spec/containers", &what);
         let container = containers
@@ -822,14 +822,38 @@ fn configmap_toml_is_accepted_and_matches_the_pod() {
         json!(true),
         "the data volume is read-only"
     );
+    // Durable: the data volume (Parquet and the spool under it) is a PersistentVolumeClaim per
+    // replica, from the StatefulSet's volumeClaimTemplates, never a pod volume (an emptyDir
+    // dies with the pod), and it is kept when the StatefulSet is deleted or scaled down.
     let volume_name = str_at(mount, "/name", "data mount");
-    let volume = seq_at(c.pod_spec(), "/volumes", "pod")
-        .iter()
-        .find(|v| v["name"].as_str() == Some(volume_name))
-        .expect("data volume");
     assert!(
-        volume["emptyDir"]["sizeLimit"].is_string() || volume["persistentVolumeClaim"].is_object(),
-        "the data volume must be an emptyDir with a sizeLimit or a PVC: {volume}"
+        cfg.spool_dir.starts_with(&cfg.data_dir),
+        "the spool ({}) must be on the data volume ({})",
+        cfg.spool_dir.display(),
+        cfg.data_dir.display()
+    );
+    assert!(
+        seq_at(c.pod_spec(), "/volumes", "pod")
+            .iter()
+            .all(|v| v["name"].as_str() != Some(volume_name)),
+        "the data volume {volume_name} must come from volumeClaimTemplates, not a pod volume"
+    );
+    let sts = &c.deployment.doc["spec"];
+    let claim = seq_at(sts, "/volumeClaimTemplates", "StatefulSet")
+        .iter()
+        .find(|t| t["metadata"]["name"].as_str() == Some(volume_name))
+        .unwrap_or_else(|| panic!("no volumeClaimTemplate {volume_name}"));
+    assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    assert!(claim["spec"]["resources"]["requests"]["storage"].is_string());
+    assert_eq!(
+        sts["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        "audit data must outlive the StatefulSet"
+    );
+    assert_eq!(
+        c.pod_spec()["enableServiceLinks"],
+        json!(false),
+        "no service-link variables in the collector's pods"
     );
     // The config volume is mounted read-only.
     let config_volume = seq_at(c.pod_spec(), "/volumes", "pod")
@@ -1411,7 +1435,10 @@ fn kubectl_kustomize_renders_what_the_checks_model() {
             .filter(|o| o["kind"] == json!("ConfigMap"))
             .filter_map(|o| o["metadata"]["name"].as_str())
             .collect();
-        for o in rendered.iter().filter(|o| o["kind"] == json!("Deployment")) {
+        for o in rendered
+            .iter()
+            .filter(|o| o["kind"] == json!("StatefulSet"))
+        {
             for v in o
                 .pointer("/spec/template/spec/volumes")
                 .and_then(Value::as_array)
@@ -1428,8 +1455,8 @@ fn kubectl_kustomize_renders_what_the_checks_model() {
             }
             let name = o["metadata"]["name"].as_str().unwrap_or("");
             let modelled = model
-                .find("Deployment", o["metadata"]["namespace"].as_str(), name)
-                .expect("modelled Deployment");
+                .find("StatefulSet", o["metadata"]["namespace"].as_str(), name)
+                .expect("modelled StatefulSet");
             assert_eq!(
                 o.pointer("/spec/template/spec/containers/0/image"),
                 modelled
@@ -1440,6 +1467,148 @@ fn kubectl_kustomize_renders_what_the_checks_model() {
             );
         }
     }
+}
+
+/// `kubectl kustomize DIR` as JSON values; `None` (with a notice) where kubectl is missing,
+/// which CI does not allow.
+fn kubectl_render(dir: &Path, test: &str) -> Option<Vec<Value>> {
+    let Some(out) = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .ok()
+    else {
+        assert!(std::env::var_os("CI").is_none(), "kubectl is needed in CI");
+        eprintln!("SKIPPED {test}: kubectl not found");
+        return None;
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        rel(dir),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(
+        serde_norway::Deserializer::from_str(&text)
+            .map(|d| Value::deserialize(d).expect("kustomize output is YAML"))
+            .filter(|v| !v.is_null())
+            .collect(),
+    )
+}
+
+/// What the kubelet injects into a pod for one Service with a cluster IP (Kubernetes'
+/// documented naming: the name upper-cased, dashes to underscores; `{SVC}_SERVICE_HOST`,
+/// `{SVC}_SERVICE_PORT`, `{SVC}_SERVICE_PORT_{PORT NAME}`, and the Docker-links family
+/// `{SVC}_PORT`, `{SVC}_PORT_{port}_{PROTO}` and its `_PROTO`, `_PORT`, `_ADDR`).
+fn service_link_variables(svc: &Value, ip: &str) -> Vec<(String, String)> {
+    let env_name = |s: &str| s.to_ascii_uppercase().replace('-', "_");
+    let name = env_name(svc["metadata"]["name"].as_str().expect("Service name"));
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    let mut vars = vec![(format!("{name}_SERVICE_HOST"), ip.to_owned())];
+    for (i, p) in ports.iter().enumerate() {
+        let port = p["port"].as_u64().expect("port number");
+        let proto = p["protocol"].as_str().unwrap_or("TCP");
+        let url = format!("{}://{host}:{port}", proto.to_ascii_lowercase());
+        if i == 0 {
+            vars.push((format!("{name}_SERVICE_PORT"), port.to_string()));
+            vars.push((format!("{name}_PORT"), url.clone()));
+        }
+        if let Some(port_name) = p["name"].as_str() {
+            vars.push((
+                format!("{name}_SERVICE_PORT_{}", env_name(port_name)),
+                port.to_string(),
+            ));
+        }
+        let prefix = format!("{name}_PORT_{port}_{proto}");
+        vars.push((format!("{prefix}_PROTO"), proto.to_ascii_lowercase()));
+        vars.push((format!("{prefix}_PORT"), port.to_string()));
+        vars.push((format!("{prefix}_ADDR"), ip.to_owned()));
+        vars.push((prefix, url));
+    }
+    vars
+}
+
+/// The rollout that crash-looped: deploy/ creates the Service `meshaudit`, so (with
+/// enableServiceLinks on, the Kubernetes default) every later pod in its namespace gets
+/// MESHAUDIT_SERVICE_HOST and friends. The real collector starts with every variable Kubernetes
+/// would inject for every Service deploy/ defines, in IPv4 and in IPv6 clusters.
+#[test]
+fn the_collector_starts_with_every_service_link_variable_kubernetes_would_inject() {
+    let test = "the_collector_starts_with_every_service_link_variable_kubernetes_would_inject";
+    let Some(rendered) = kubectl_render(&deploy(), test) else {
+        return;
+    };
+    let services: Vec<&Value> = rendered
+        .iter()
+        .filter(|o| o["kind"] == json!("Service") && o["spec"]["clusterIP"] != json!("None"))
+        .collect();
+    assert!(
+        services
+            .iter()
+            .any(|s| s["metadata"]["name"] == json!("meshaudit")),
+        "the render has no Service meshaudit"
+    );
+    for (family, ips) in [
+        (
+            "IPv4",
+            ["10.96.0.12", "10.96.0.13", "10.96.0.14", "10.96.0.15"],
+        ),
+        (
+            "IPv6",
+            [
+                "fd00:10:96::c",
+                "fd00:10:96::d",
+                "fd00:10:96::e",
+                "fd00:10:96::f",
+            ],
+        ),
+    ] {
+        let mut env: Vec<(String, String)> = services
+            .iter()
+            .zip(ips.iter().cycle())
+            .flat_map(|(svc, ip)| service_link_variables(svc, ip))
+            .collect();
+        // And what every pod gets for the API server's Service.
+        env.extend(service_link_variables(
+            &json!({"metadata": {"name": "kubernetes"},
+                    "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}}),
+            ips[0],
+        ));
+        assert!(
+            env.iter().any(|(k, _)| k == "MESHAUDIT_PORT_9000_TCP_ADDR"),
+            "{env:?}"
+        );
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let data = tempfile::tempdir().expect("tempdir");
+        // Panics with the collector's output if it exits instead of answering /readyz.
+        let collector = common::Collector::start_with_env(data.path(), &[], &env);
+        let (status, output) = collector.stop();
+        assert!(status.success(), "{family}: exit {status}:\n{output}");
+    }
+    // A genuinely misspelled setting still stops it, naming the fix.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshaudit"))
+        .args(["serve", "--data-dir", "/nonexistent-never-created"])
+        .env("MESHAUDIT_SERVICE_HOST", "10.96.0.12")
+        .env("MESHAUDIT_ADMIN_PORT", "9001")
+        .output()
+        .expect("run meshaudit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unknown environment variable MESHAUDIT_ADMIN_PORT")
+            && stderr.contains("Fix:"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("unknown environment variable MESHAUDIT_SERVICE_HOST"),
+        "{stderr}"
+    );
 }
 
 #[test]
