@@ -1469,6 +1469,130 @@ fn kubectl_kustomize_renders_what_the_checks_model() {
     }
 }
 
+/// A logger file of the real-Envoy tests (tests/python/envoy/als-*.yaml) with its placeholders
+/// filled as for the collector: `{"http": [...], "tcp": [...]}`.
+fn real_envoy_loggers(file: &str, cluster: &str, authority: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python/envoy")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("${ALS_CLUSTER}", cluster)
+        .replace("${ALS_AUTHORITY}", authority);
+    let yaml: serde_norway::Value = serde_norway::from_str(&text).expect("logger file is YAML");
+    serde_json::to_value(yaml).expect("JSON form")
+}
+
+/// What istiod generates for an `envoyHttpAls` / `envoyTcpAls` extension provider
+/// (pilot/pkg/model/telemetry_logging.go): envoy_grpc to the Service's outbound cluster with the
+/// Service host as authority, V3, the provider's log name, filter state objects and headers.
+fn istiod_logger(provider: &Value) -> Value {
+    let (kind, p) = if provider["envoyHttpAls"].is_object() {
+        ("http", &provider["envoyHttpAls"])
+    } else {
+        ("tcp", &provider["envoyTcpAls"])
+    };
+    let service = str_at(p, "/service", "provider");
+    let port = p["port"].as_u64().expect("provider port");
+    let mut typed = json!({
+        "@type": if kind == "http" {
+            "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+        } else {
+            "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig"
+        },
+        "common_config": {
+            "log_name": p["logName"],
+            "grpc_service": {"envoy_grpc": {
+                "cluster_name": format!("outbound|{port}||{service}"),
+                "authority": service,
+            }},
+            "transport_api_version": "V3",
+            "filter_state_objects_to_log": p["filterStateObjectsToLog"],
+        },
+    });
+    for (from, to) in [
+        (
+            "additionalRequestHeadersToLog",
+            "additional_request_headers_to_log",
+        ),
+        (
+            "additionalResponseHeadersToLog",
+            "additional_response_headers_to_log",
+        ),
+        (
+            "additionalResponseTrailersToLog",
+            "additional_response_trailers_to_log",
+        ),
+    ] {
+        if let Some(v) = p.get(from) {
+            typed[to] = v.clone();
+        }
+    }
+    json!({
+        "name": format!("envoy.access_loggers.{kind}_grpc"),
+        "typed_config": typed,
+    })
+}
+
+/// The real-Envoy tests (tests/python/test_envoy.py) run exactly the loggers deploy/ makes Istio
+/// configure: the Telemetry API providers of deploy/istio/mesh-config as istiod renders them,
+/// and the EnvoyFilter of deploy/istio/envoyfilter verbatim.
+#[test]
+fn real_envoy_tests_run_the_loggers_deploy_configures() {
+    let c = Collector::load();
+    let (_, als_port) = c.service();
+    let fqdn = c.service_fqdn();
+    let cluster = format!(
+        "outbound|{}||{fqdn}",
+        als_port["port"].as_u64().expect("port")
+    );
+
+    let tested = real_envoy_loggers("als-telemetry-api.yaml", &cluster, &fqdn);
+    for provider in extension_providers() {
+        let generated = istiod_logger(&provider);
+        let kind = if provider["envoyHttpAls"].is_object() {
+            "http"
+        } else {
+            "tcp"
+        };
+        assert_eq!(
+            tested[kind],
+            json!([generated]),
+            "tests/python/envoy/als-telemetry-api.yaml ({kind}) differs from what istiod makes of provider {}",
+            provider["name"]
+        );
+    }
+
+    let tested = real_envoy_loggers("als-envoyfilter.yaml", &cluster, &fqdn);
+    let filter = yaml_doc(&deploy().join("istio/envoyfilter/envoyfilter.yaml"));
+    let patches = seq_at(&filter, "/spec/configPatches", "envoyfilter.yaml");
+    for (kind, network_filter) in [
+        ("http", "envoy.filters.network.http_connection_manager"),
+        ("tcp", "envoy.filters.network.tcp_proxy"),
+    ] {
+        let patch = patches
+            .iter()
+            .find(|p| {
+                p["match"]["listener"]["filterChain"]["filter"]["name"] == json!(network_filter)
+            })
+            .unwrap_or_else(|| panic!("envoyfilter.yaml patches no {network_filter}"));
+        assert_eq!(patch["patch"]["operation"], json!("MERGE"));
+        assert_eq!(
+            patch["patch"]["value"]["typed_config"]["access_log"],
+            tested[kind],
+            "deploy/istio/envoyfilter/envoyfilter.yaml ({kind}) differs from tests/python/envoy/als-envoyfilter.yaml"
+        );
+        for logger in tested[kind].as_array().expect("loggers") {
+            let svc = &logger["typed_config"]["common_config"]["grpc_service"]["envoy_grpc"];
+            assert_eq!(svc["cluster_name"], json!(cluster));
+            assert!(
+                svc.get("authority").is_none(),
+                "the EnvoyFilter form sets no authority"
+            );
+        }
+    }
+}
+
 /// `kubectl kustomize DIR` as JSON values; `None` (with a notice) where kubectl is missing,
 /// which CI does not allow.
 fn kubectl_render(dir: &Path, test: &str) -> Option<Vec<Value>> {

@@ -105,6 +105,10 @@ def transport(ident, kind: str, e) -> dict:
             response_code_details=_str(rs.response_code_details),
             response_bytes=rs.response_body_bytes,
         )
+        tp = rq.request_headers.get("traceparent", "").split("-")
+        out["trace_id"] = (tp[1].lower() if len(tp) == 4 and len(tp[1]) == 32
+                           and set(tp[1].lower()) <= set("0123456789abcdef")
+                           and set(tp[1]) != {"0"} and tp[0] != "ff" else None)
         if out["destination_service"] is None and rq.authority:
             out["destination_service"] = rq.authority.split(":")[0]
     return out

@@ -97,8 +97,12 @@ def requests_after_restart(tokens) -> list[Req]:
     ]
 
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
 def send(envoy: E.Envoy, r: Req) -> int:
-    headers = {"x-request-id": r.rid, "user-agent": "meshaudit-envoy-test/1"}
+    headers = {"x-request-id": r.rid, "user-agent": "meshaudit-envoy-test/1",
+               "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}
     if r.token:
         headers["authorization"] = f"Bearer {r.token}"
     if r.authz:
@@ -276,6 +280,8 @@ def test_scenario_details(telemetry_run):
     assert rows["env-mi"]["object_id"] == MI_OID and rows["env-mi"]["token_version"] == "1.0"
     assert rows["env-user"]["upstream_cluster"] == "outbound|8080||orders.shop.svc.cluster.local"
     assert rows["env-user"]["node_id"] == E.NODE_ID
+    # The Telemetry API provider logs traceparent (additionalRequestHeadersToLog).
+    assert rows["env-user"]["trace_id"] == TRACE_ID
     tcp = sorted((r for r in telemetry_run.rows["duckdb"] if r["entry_kind"] == "tcp"),
                  key=lambda r: r["request_bytes"])
     assert [(r["request_bytes"], r["response_bytes"], r["log_name"]) for r in tcp] == [
