@@ -155,10 +155,11 @@ class Envoy:
                 capture_output=True, text=True, timeout=60,
             )
             assert check.returncode == 0, f"envoy --mode validate:\n{check.stdout}{check.stderr}"
+            self.base_id = base_id()
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [str(envoy_binary()), "-c", str(config), "--concurrency", "1",
-                     "-l", "warning", "--base-id", str(base_id()),
+                     "-l", "warning", "--base-id", str(self.base_id),
                      "--drain-time-s", "1", "--parent-shutdown-time-s", "2"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 )
@@ -207,11 +208,20 @@ class Envoy:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError("Envoy did not exit after /quitquitquit")
+        finally:
+            self._remove_shared_memory()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._remove_shared_memory()
+
+    def _remove_shared_memory(self) -> None:
+        """Envoy leaves /dev/shm/envoy_shared_memory_<base id * 10> behind (its hot-restart
+        region); remove ours once the process is gone."""
+        if self.proc is not None and self.proc.poll() is not None and hasattr(self, "base_id"):
+            Path(f"/dev/shm/envoy_shared_memory_{self.base_id * 10}").unlink(missing_ok=True)
 
     def log(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace") if self.log_path.exists() else ""
