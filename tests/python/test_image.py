@@ -44,6 +44,9 @@ class Buildah:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
+    # scripts/test runs as root (it installs packages); chroot and the image's file ownership
+    # need it.
+    assert os.geteuid() == 0, "test_image.py needs root (chroot into the image): run scripts/test as root"
     tmp = tmp_path_factory.mktemp("image")
     buildah = Buildah(tmp)
     env = dict(os.environ, BUILDAH_GLOBAL_OPTS=" ".join(buildah.global_opts))
