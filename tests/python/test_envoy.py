@@ -119,14 +119,11 @@ class Run:
     returncode: int
     rows: dict[str, list[dict]]  # reader -> rows
     tcp_payloads: list[int]
-    envoy_logs: str
     refused: dict[str, float]  # meshaudit_als_streams_refused_total by reason, non-zero ones
-    took_s: float
 
 
 def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a, reqs_b,
               tcp_sizes: tuple[int, int]) -> Run:
-    started = time.monotonic()
     directory = tmp / "directory.json"
     directory.write_text(json.dumps({"groups": {GROUP: "Orders Admins"},
                                      "applications": {WEB_APP: "orders-web"},
@@ -176,8 +173,7 @@ def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a
     out = Output(collector.data_dir)
     rows = {"duckdb": out.duckdb_rows(), "pyarrow": out.arrow_rows()}
     return Run(reqs_a + reqs_b, tokens, received, collector, returncode, rows,
-               list(tcp_sizes), "\n".join(e.log() for e in envoys), refused,
-               time.monotonic() - started)
+               list(tcp_sizes), refused)
 
 
 def run_form(tmp_path_factory, form: str) -> Run:
