@@ -24,8 +24,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
-from harness import free_port, wait_until
+from harness import free_port, http_call, wait_until
 
 HERE = Path(__file__).resolve().parent
 BOOTSTRAP = HERE / "envoy" / "bootstrap.yaml"
@@ -181,24 +179,7 @@ class Envoy:
         return False
 
     def admin(self, method: str, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.ports['ADMIN_PORT']}{path}"
-        req = urllib.request.Request(url, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, ""
-
-    def stat(self, name: str) -> int:
-        status, body = self.admin("GET", f"/stats?filter=^{re.escape(name)}$")
-        assert status == 200, body
-        for line in body.splitlines():
-            k, _, v = line.partition(": ")
-            if k == name:
-                return int(v)
-        return 0
+        return http_call(f"http://127.0.0.1:{self.ports['ADMIN_PORT']}{path}", method)
 
     def stop(self) -> int:
         """POST /quitquitquit and wait for the exit."""
@@ -447,11 +428,5 @@ def tcp_exchange(port: int, payload: bytes) -> bytes:
 
 def http_request(base: str, path: str, headers: dict[str, str], method: str = "GET",
                  body: bytes | None = None) -> int:
-    req = urllib.request.Request(base + path, method=method, headers=headers, data=body)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read()
-            return r.status
-    except urllib.error.HTTPError as e:
-        e.read()
-        return e.code
+    """The status Envoy answered (0 if it did not answer)."""
+    return http_call(base + path, method, headers, body, timeout=10)[0]

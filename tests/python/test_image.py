@@ -18,13 +18,11 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from harness import REPO, binary, free_port, wait_until
+from harness import REPO, binary, free_port, http_call, wait_until
 
 TAG = "localhost/meshaudit:test"
 
@@ -92,13 +90,7 @@ def test_image_runs_as_a_non_root_user(image):
 
 
 def _admin_get(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0
+    return http_call(f"http://127.0.0.1:{port}{path}")[0]
 
 
 def test_the_entrypoint_serves_inside_the_image_and_stops_cleanly_on_sigterm(image):
