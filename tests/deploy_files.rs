@@ -2,7 +2,7 @@
 //!
 //! No cluster is needed: every YAML file under deploy/ is parsed (all documents), kustomize's
 //! build is followed from the kustomization files (resources, generators, namespace, images),
-//! and the result is checked against the collector itself: the Deployment's arguments are
+//! and the result is checked against the collector itself: the StatefulSet's arguments are
 //! parsed by the collector's own CLI definition and listed by `meshaudit serve --help`, the
 //! ConfigMap's TOML goes through `ServeConfig::resolve` (the function `main` calls), ports and
 //! probes are matched against the addresses it yields, and the real binary is started on that
@@ -383,7 +383,7 @@ fn help_flags(help: &str) -> BTreeSet<String> {
 /// The collector's StatefulSet, its one container and what its settings resolve to.
 struct Collector {
     build: Build,
-    deployment: Obj,
+    workload: Obj,
     container: Value,
     /// The TOML file behind `--config` (via the ConfigMap mounted where the flag points).
     config_file: PathBuf,
@@ -393,9 +393,9 @@ struct Collector {
 impl Collector {
     fn load() -> Collector {
         let build = build(&deploy().join("collector"));
-        let deployment = build.one("StatefulSet").clone();
-        let what = deployment.what();
-        let containers = seq_at(&deployment.doc, "/spec/template/spec/containers", &what);
+        let workload = build.one("StatefulSet").clone();
+        let what = workload.what();
+        let containers = seq_at(&workload.doc, "/spec/template/spec/containers", &what);
         let container = containers
             .iter()
             .find(|c| strings(c.get("command")).first().map(String::as_str) == Some("meshaudit"))
@@ -416,7 +416,7 @@ impl Collector {
             .config
             .clone()
             .unwrap_or_else(|| panic!("{what}: settings come from a ConfigMap: pass --config"));
-        let config_file = mounted_config_file(&build, &deployment, &container, &config_path);
+        let config_file = mounted_config_file(&build, &workload, &container, &config_path);
         let config = ServeConfig::resolve(ServeOptions {
             config: Some(config_file.clone()),
             ..parsed.opts
@@ -424,7 +424,7 @@ impl Collector {
         .unwrap_or_else(|e| panic!("{}: the collector refuses it: {e}", rel(&config_file)));
         Collector {
             build,
-            deployment,
+            workload,
             container,
             config_file,
             config,
@@ -432,17 +432,17 @@ impl Collector {
     }
 
     fn pod_spec(&self) -> &Value {
-        &self.deployment.doc["spec"]["template"]["spec"]
+        &self.workload.doc["spec"]["template"]["spec"]
     }
 
     fn pod_labels(&self) -> &Value {
-        &self.deployment.doc["spec"]["template"]["metadata"]["labels"]
+        &self.workload.doc["spec"]["template"]["metadata"]["labels"]
     }
 
     fn namespace(&self) -> &str {
-        self.deployment
+        self.workload
             .namespace()
-            .unwrap_or_else(|| panic!("{}: no namespace after kustomize", self.deployment.what()))
+            .unwrap_or_else(|| panic!("{}: no namespace after kustomize", self.workload.what()))
     }
 
     /// The container port a Service targetPort or probe port names (by name or number).
@@ -498,8 +498,8 @@ impl Collector {
 
 /// Maps the in-pod `--config` path to the file in this repository, through the volume mount,
 /// the ConfigMap volume and the configMapGenerator that makes the ConfigMap.
-fn mounted_config_file(build: &Build, deployment: &Obj, container: &Value, path: &Path) -> PathBuf {
-    let what = deployment.what();
+fn mounted_config_file(build: &Build, workload: &Obj, container: &Value, path: &Path) -> PathBuf {
+    let what = workload.what();
     let mount = seq_at(container, "/volumeMounts", &what)
         .iter()
         .find(|m| {
@@ -510,7 +510,7 @@ fn mounted_config_file(build: &Build, deployment: &Obj, container: &Value, path:
         .unwrap_or_else(|| panic!("{what}: nothing is mounted at {}", path.display()));
     let mount_path = str_at(mount, "/mountPath", &what);
     let volume_name = str_at(mount, "/name", &what);
-    let volume = seq_at(&deployment.doc, "/spec/template/spec/volumes", &what)
+    let volume = seq_at(&workload.doc, "/spec/template/spec/volumes", &what)
         .iter()
         .find(|v| v["name"].as_str() == Some(volume_name))
         .unwrap_or_else(|| panic!("{what}: no volume {volume_name}"));
@@ -747,7 +747,7 @@ fn readme_commands_name_real_paths() {
 // Tests: the collector's manifests against the collector.
 
 #[test]
-fn deployment_args_are_flags_of_meshaudit_serve() {
+fn statefulset_args_are_flags_of_meshaudit_serve() {
     let c = Collector::load();
     let top = meshaudit(&["--help"]);
     assert!(
@@ -762,7 +762,10 @@ fn deployment_args_are_flags_of_meshaudit_serve() {
         .filter(|a| a.starts_with("--"))
         .map(|a| a.split_once('=').map_or(a.as_str(), |(f, _)| f))
         .collect();
-    assert!(!given.is_empty(), "the Deployment passes no flag: {args:?}");
+    assert!(
+        !given.is_empty(),
+        "the StatefulSet passes no flag: {args:?}"
+    );
     for flag in given {
         assert!(
             flags.contains(flag),
@@ -838,7 +841,7 @@ fn configmap_toml_is_accepted_and_matches_the_pod() {
             .all(|v| v["name"].as_str() != Some(volume_name)),
         "the data volume {volume_name} must come from volumeClaimTemplates, not a pod volume"
     );
-    let sts = &c.deployment.doc["spec"];
+    let sts = &c.workload.doc["spec"];
     let claim = seq_at(sts, "/volumeClaimTemplates", "StatefulSet")
         .iter()
         .find(|t| t["metadata"]["name"].as_str() == Some(volume_name))
@@ -900,7 +903,7 @@ fn service_probes_and_scrape_annotations_use_the_configured_ports() {
         );
     }
 
-    let ann = &c.deployment.doc["spec"]["template"]["metadata"]["annotations"];
+    let ann = &c.workload.doc["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(ann["prometheus.io/scrape"], json!("true"));
     assert_eq!(
         ann["prometheus.io/port"],
@@ -912,8 +915,8 @@ fn service_probes_and_scrape_annotations_use_the_configured_ports() {
 #[test]
 fn pods_are_hardened_spread_and_budgeted() {
     let c = Collector::load();
-    let dep = &c.deployment.doc;
-    let what = c.deployment.what();
+    let dep = &c.workload.doc;
+    let what = c.workload.what();
     assert!(
         dep["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
         "{what}: replicas >= 2"
@@ -999,7 +1002,7 @@ fn pods_are_hardened_spread_and_budgeted() {
 #[test]
 fn the_shipped_config_serves_every_path_the_manifests_probe() {
     let c = Collector::load();
-    let ann = &c.deployment.doc["spec"]["template"]["metadata"]["annotations"];
+    let ann = &c.workload.doc["spec"]["template"]["metadata"]["annotations"];
     let mut paths: Vec<String> = ["readinessProbe", "livenessProbe"]
         .iter()
         .map(|p| str_at(&c.container, &format!("/{p}/httpGet/path"), p).to_owned())
