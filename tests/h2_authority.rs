@@ -110,39 +110,55 @@ fn call(addr: SocketAddr, pseudo: &[(&str, &str)], msg: &[u8]) -> Vec<u8> {
     kinds
 }
 
-fn message() -> Vec<u8> {
+fn message(i: u32) -> Vec<u8> {
     common::http_message(
         Some(common::identifier(
             "router~10.0.0.1~gw.istio-system~istio-system.svc.cluster.local",
             "http_envoy_accesslog",
         )),
-        vec![common::http_entry(7)],
+        vec![common::http_entry(i)],
     )
     .encode_to_vec()
 }
 
 #[test]
 fn an_istio_cluster_name_as_authority_is_accepted() {
+    // What Envoy sends as :authority when envoy_grpc names a cluster and no authority (Istio's
+    // outbound cluster names, with and without a subset), and ordinary authorities.
+    let authorities = [
+        ISTIO_CLUSTER,
+        "outbound|9000|v1|meshaudit.meshaudit.svc.cluster.local",
+        "inbound|9000||",
+        "outbound_.9000_._.meshaudit.meshaudit.svc.cluster.local",
+        "meshaudit.meshaudit.svc.cluster.local:9000",
+        "[fd00::1]:9000",
+    ];
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Collector::start(dir.path(), &[]);
-    let kinds = call(
-        c.als_addr,
-        &[
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", METHOD_PATH),
-            (":authority", ISTIO_CLUSTER),
-        ],
-        &message(),
-    );
-    assert!(
-        !kinds.contains(&3),
-        "stream reset (frames {kinds:?}):\n{}",
-        c.output()
-    );
-    assert!(kinds.contains(&1), "no response headers (frames {kinds:?})");
-    common::wait_until("the entry is received", Duration::from_secs(10), || {
-        c.metric("meshaudit_als_entries_received_total") == 1
+    for (i, authority) in authorities.iter().enumerate() {
+        let kinds = call(
+            c.als_addr,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", METHOD_PATH),
+                (":authority", authority),
+            ],
+            &message(i as u32),
+        );
+        assert!(
+            !kinds.contains(&3),
+            "{authority}: stream reset (frames {kinds:?}):\n{}",
+            c.output()
+        );
+        assert!(
+            kinds.contains(&1),
+            "{authority}: no response headers (frames {kinds:?})"
+        );
+    }
+    let n = authorities.len() as u64;
+    common::wait_until("the entries are received", Duration::from_secs(10), || {
+        c.metric("meshaudit_als_entries_received_total") == n
     });
     assert_eq!(
         c.metric("meshaudit_als_streams_refused_total{reason=\"malformed_authority\"}"),
@@ -150,7 +166,7 @@ fn an_istio_cluster_name_as_authority_is_accepted() {
     );
     let (status, _) = c.stop();
     assert!(status.success());
-    assert_eq!(common::read_rows(dir.path()).len(), 1);
+    assert_eq!(common::read_rows(dir.path()).len(), authorities.len());
 }
 
 #[test]
@@ -166,7 +182,7 @@ fn a_stream_the_http2_layer_refuses_is_counted_and_logged_once_with_the_fix() {
                 (":path", METHOD_PATH),
                 (":authority", "meshaudit"),
             ],
-            &message(),
+            &message(100),
         );
         assert!(
             kinds.contains(&3),
