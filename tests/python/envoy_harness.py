@@ -76,7 +76,9 @@ def base_id() -> int:
     """Unique per process and call: several helpers run these tests at the same time, and Envoy's
     shared memory (/dev/shm/envoy_shared_memory_<id>) must not collide."""
     base_id.n += 1  # type: ignore[attr-defined]
-    return (os.getpid() % 50_000) * 40 + base_id.n % 40  # type: ignore[attr-defined]
+    # pid_max is at most 2^22, so pid * 40 (+ 40 per process) * 10 (the shared-memory name)
+    # stays within Envoy's 32-bit range.
+    return os.getpid() * 40 + base_id.n % 40  # type: ignore[attr-defined]
 
 
 base_id.n = 0  # type: ignore[attr-defined]
@@ -164,7 +166,8 @@ class Envoy:
             if self._wait_live():
                 return self
             self.kill()
-            if "Address already in use" not in self.log():
+            # A port taken meanwhile, or a base id held by another Envoy: retry with new ones.
+            if "Address already in use" not in self.log() and "base_id" not in self.log():
                 break
         raise AssertionError(f"Envoy did not start; log:\n{self.log()[-4000:]}")
 
