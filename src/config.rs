@@ -46,7 +46,7 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}Fix: use only the keys listed by `meshaudit serve --help`, spelled with underscores (data_dir, not data-dir)")]
     Parse { path: PathBuf, message: String },
-    #[error("unknown environment variable {name}: meshaudit has no such setting. Fix: remove it, or use one of: {known}")]
+    #[error("unknown environment variable {name}: meshaudit has no such setting. Fix: remove it, or use one of: {known} (Kubernetes service-link variables, such as MESHAUDIT_SERVICE_HOST=10.96.0.12, are recognised by their values and ignored)")]
     UnknownEnv { name: String, known: String },
     #[error("invalid setting {key} (flag --{flag}, env {env}): {problem}. Fix: {fix}")]
     Invalid {
@@ -605,7 +605,12 @@ const DATABASE_URL_ENV: &str = "DATABASE_URL";
 impl ServeConfig {
     /// Merges flags/env over the config file, applies defaults and validates.
     pub fn resolve(cli: ServeOptions) -> Result<ServeConfig, ConfigError> {
-        check_env_names(std::env::vars().map(|(k, _)| k))?;
+        check_env_names(std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        }))?;
         let opts = match cli.config.clone() {
             Some(path) => {
                 let file = read_file(&path)?;
@@ -1068,7 +1073,8 @@ fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
 }
 
 /// Every `MESHAUDIT_*` variable must name a setting: a typo would otherwise be silently ignored.
-fn check_env_names(names: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+/// Kubernetes service-link variables are the exception ([`is_service_link`]).
+fn check_env_names(vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
     use clap::CommandFactory;
     #[derive(clap::Parser)]
     struct Probe {
@@ -1080,8 +1086,11 @@ fn check_env_names(names: impl Iterator<Item = String>) -> Result<(), ConfigErro
         .get_arguments()
         .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
         .collect();
-    for name in names {
-        if name.starts_with("MESHAUDIT_") && !known.contains(&name) {
+    for (name, value) in vars {
+        if name.starts_with("MESHAUDIT_")
+            && !known.contains(&name)
+            && !is_service_link(&name, &value)
+        {
             return Err(ConfigError::UnknownEnv {
                 name,
                 known: known.join(", "),
@@ -1089,6 +1098,74 @@ fn check_env_names(names: impl Iterator<Item = String>) -> Result<(), ConfigErro
         }
     }
     Ok(())
+}
+
+/// A variable Kubernetes injects for a Service whose name maps to `MESHAUDIT...` (the Service
+/// `meshaudit` that deploy/ creates, or `meshaudit-x`): the Service name upper-cased with dashes
+/// as underscores, then `_SERVICE_HOST` (an IP), `_SERVICE_PORT` / `_SERVICE_PORT_<PORT NAME>`
+/// (a port), `_PORT` / `_PORT_<port>_<PROTO>` (`tcp://IP:port`), or
+/// `_PORT_<port>_<PROTO>_PROTO|_PORT|_ADDR` (`tcp`, the port, an IP). Both the name and the
+/// value's shape must match, so a mistyped setting (`MESHAUDIT_ADMIN_PORT=9001`) still fails.
+pub fn is_service_link(name: &str, value: &str) -> bool {
+    let parts: Vec<&str> = name.split('_').collect();
+    let service_ok = |n: usize| {
+        n >= 1
+            && parts[0] == "MESHAUDIT"
+            && parts[..n]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    };
+    let ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let port = |v: &str| v.parse::<u16>().is_ok_and(|p| p > 0);
+    let proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    let url = |v: &str| {
+        ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .find_map(|scheme| v.strip_prefix(scheme))
+            .is_some_and(|addr| addr.parse::<std::net::SocketAddr>().is_ok())
+    };
+    let n = parts.len();
+    // <SVC>_SERVICE_HOST, <SVC>_SERVICE_PORT
+    if n >= 3 && parts[n - 2] == "SERVICE" && service_ok(n - 2) {
+        return match parts[n - 1] {
+            "HOST" => ip(value),
+            "PORT" => port(value),
+            _ => false,
+        };
+    }
+    // <SVC>_SERVICE_PORT_<PORT NAME>: the port name may itself contain underscores.
+    if let Some(i) = (1..n.saturating_sub(2))
+        .find(|&i| parts[i] == "SERVICE" && parts[i + 1] == "PORT" && service_ok(i))
+    {
+        let port_name = &parts[i + 2..];
+        return !port_name.is_empty()
+            && port_name
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+            && port(value);
+    }
+    // <SVC>_PORT
+    if n >= 2 && parts[n - 1] == "PORT" && service_ok(n - 1) && url(value) {
+        return true;
+    }
+    // <SVC>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]
+    for tail in [3, 4] {
+        if n < tail + 1 {
+            continue;
+        }
+        let i = n - tail;
+        if parts[i] != "PORT" || !port(parts[i + 1]) || !proto(parts[i + 2]) || !service_ok(i) {
+            continue;
+        }
+        return match (tail, parts.get(i + 3).copied()) {
+            (3, _) => url(value),
+            (4, Some("PROTO")) => value.eq_ignore_ascii_case(parts[i + 2]),
+            (4, Some("PORT")) => value == parts[i + 1],
+            (4, Some("ADDR")) => ip(value),
+            _ => false,
+        };
+    }
+    false
 }
 
 #[cfg(test)]
@@ -1115,17 +1192,71 @@ mod tests {
         assert_eq!(merged.buffer_messages, Some(9));
     }
 
+    fn env(vars: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn kubernetes_service_link_variables_are_ignored() {
+        // What Kubernetes injects for deploy/'s Service `meshaudit` (ports grpc-als 9000 and
+        // http-admin 9001) and for a Service `meshaudit-db-primary`, in IPv4 and IPv6 clusters.
+        let links = [
+            ("MESHAUDIT_SERVICE_HOST", "10.96.0.12"),
+            ("MESHAUDIT_SERVICE_PORT", "9000"),
+            ("MESHAUDIT_SERVICE_PORT_GRPC_ALS", "9000"),
+            ("MESHAUDIT_SERVICE_PORT_HTTP_ADMIN", "9001"),
+            ("MESHAUDIT_PORT", "tcp://10.96.0.12:9000"),
+            ("MESHAUDIT_PORT_9000_TCP", "tcp://10.96.0.12:9000"),
+            ("MESHAUDIT_PORT_9000_TCP_PROTO", "tcp"),
+            ("MESHAUDIT_PORT_9000_TCP_PORT", "9000"),
+            ("MESHAUDIT_PORT_9000_TCP_ADDR", "10.96.0.12"),
+            ("MESHAUDIT_PORT_9001_TCP_ADDR", "fd00:10:96::c"),
+            ("MESHAUDIT_DB_PRIMARY_SERVICE_HOST", "fd00:10:96::d"),
+            ("MESHAUDIT_DB_PRIMARY_PORT", "tcp://[fd00:10:96::d]:5432"),
+            (
+                "MESHAUDIT_DB_PRIMARY_PORT_5432_TCP",
+                "tcp://[fd00:10:96::d]:5432",
+            ),
+            ("MESHAUDIT_DB_PRIMARY_PORT_5432_UDP_PROTO", "udp"),
+        ];
+        for (k, v) in links {
+            assert!(is_service_link(k, v), "{k}={v}");
+        }
+        check_env_names(env(&links)).expect("service links ignored");
+    }
+
+    #[test]
+    fn misspelled_settings_that_look_like_service_links_still_fail() {
+        for (k, v) in [
+            ("MESHAUDIT_ADMIN_PORT", "9001"), // a _PORT link holds tcp://IP:port
+            ("MESHAUDIT_ALS_PORT", "0.0.0.0:9000"), // not a URL either
+            ("MESHAUDIT_SERVICE_HOST", "meshaudit.svc"), // a host link holds an IP
+            ("MESHAUDIT_SERVICE_PORT", "grpc"),
+            ("MESHAUDIT_PORT_9000_TCP_PORT", "9001"), // must repeat the port of its name
+            ("MESHAUDIT_PORT_9000_TCP_PROTO", "udp"),
+            ("MESHAUDIT_PORT_9000_HTTP", "tcp://10.0.0.1:9000"),
+            ("MESHAUDIT_SERVICE_HOSTS", "10.0.0.1"),
+            ("MESHAUDIT_SERVICE_PORT_", "9000"),
+        ] {
+            assert!(!is_service_link(k, v), "{k}={v}");
+            let err = check_env_names(env(&[(k, v)])).expect_err("typo");
+            let msg = err.to_string();
+            assert!(msg.contains(k) && msg.contains("Fix:"), "{msg}");
+        }
+    }
+
     #[test]
     fn unknown_env_var_is_refused() {
-        let err =
-            check_env_names(["MESHAUDIT_DATA_DIRR".to_owned()].into_iter()).expect_err("typo");
+        let err = check_env_names(env(&[("MESHAUDIT_DATA_DIRR", "/x")])).expect_err("typo");
         let msg = err.to_string();
         assert!(
             msg.contains("MESHAUDIT_DATA_DIRR") && msg.contains("MESHAUDIT_DATA_DIR"),
             "{msg}"
         );
-        check_env_names(["MESHAUDIT_DATA_DIR".to_owned(), "PATH".to_owned()].into_iter())
-            .expect("known");
+        check_env_names(env(&[("MESHAUDIT_DATA_DIR", "/x"), ("PATH", "/bin")])).expect("known");
     }
 
     #[test]

@@ -473,6 +473,7 @@ impl Metrics {
             self.accept_latency.count()
         );
         self.store.render(&mut out);
+        crate::ingest::stack_refusals::render(&mut out);
         out
     }
 }
@@ -587,20 +588,31 @@ pub fn init_otel(
     })
 }
 
-/// Structured logs to stderr; `RUST_LOG` filters (default `info`); `json` for machines.
+/// Structured logs to stderr; `RUST_LOG` filters (default `info`); `json` for machines. A second
+/// layer counts the streams h2 resets before the service sees them, whatever `RUST_LOG` says
+/// (`ingest::stack_refusals`).
 pub fn init_logging(json: bool) {
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{fmt, EnvFilter, Layer as _};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt_layer = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().flatten_event(true).init();
+    let fmt_layer = if json {
+        fmt_layer
+            .json()
+            .flatten_event(true)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.init();
-    }
+        fmt_layer.with_filter(filter).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(crate::ingest::stack_refusals::layer())
+        .init();
 }
 
 #[cfg(test)]

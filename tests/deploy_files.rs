@@ -2,7 +2,7 @@
 //!
 //! No cluster is needed: every YAML file under deploy/ is parsed (all documents), kustomize's
 //! build is followed from the kustomization files (resources, generators, namespace, images),
-//! and the result is checked against the collector itself: the Deployment's arguments are
+//! and the result is checked against the collector itself: the StatefulSet's arguments are
 //! parsed by the collector's own CLI definition and listed by `meshaudit serve --help`, the
 //! ConfigMap's TOML goes through `ServeConfig::resolve` (the function `main` calls), ports and
 //! probes are matched against the addresses it yields, and the real binary is started on that
@@ -380,10 +380,10 @@ fn help_flags(help: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The collector's Deployment, its one container and what its settings resolve to.
+/// The collector's StatefulSet, its one container and what its settings resolve to.
 struct Collector {
     build: Build,
-    deployment: Obj,
+    workload: Obj,
     container: Value,
     /// The TOML file behind `--config` (via the ConfigMap mounted where the flag points).
     config_file: PathBuf,
@@ -393,9 +393,9 @@ struct Collector {
 impl Collector {
     fn load() -> Collector {
         let build = build(&deploy().join("collector"));
-        let deployment = build.one("Deployment").clone();
-        let what = deployment.what();
-        let containers = seq_at(&deployment.doc, "/spec/template/spec/containers", &what);
+        let workload = build.one("StatefulSet").clone();
+        let what = workload.what();
+        let containers = seq_at(&workload.doc, "/spec/template/spec/containers", &what);
         let container = containers
             .iter()
             .find(|c| strings(c.get("command")).first().map(String::as_str) == Some("meshaudit"))
@@ -416,7 +416,7 @@ impl Collector {
             .config
             .clone()
             .unwrap_or_else(|| panic!("{what}: settings come from a ConfigMap: pass --config"));
-        let config_file = mounted_config_file(&build, &deployment, &container, &config_path);
+        let config_file = mounted_config_file(&build, &workload, &container, &config_path);
         let config = ServeConfig::resolve(ServeOptions {
             config: Some(config_file.clone()),
             ..parsed.opts
@@ -424,7 +424,7 @@ impl Collector {
         .unwrap_or_else(|e| panic!("{}: the collector refuses it: {e}", rel(&config_file)));
         Collector {
             build,
-            deployment,
+            workload,
             container,
             config_file,
             config,
@@ -432,17 +432,17 @@ impl Collector {
     }
 
     fn pod_spec(&self) -> &Value {
-        &self.deployment.doc["spec"]["template"]["spec"]
+        &self.workload.doc["spec"]["template"]["spec"]
     }
 
     fn pod_labels(&self) -> &Value {
-        &self.deployment.doc["spec"]["template"]["metadata"]["labels"]
+        &self.workload.doc["spec"]["template"]["metadata"]["labels"]
     }
 
     fn namespace(&self) -> &str {
-        self.deployment
+        self.workload
             .namespace()
-            .unwrap_or_else(|| panic!("{}: no namespace after kustomize", self.deployment.what()))
+            .unwrap_or_else(|| panic!("{}: no namespace after kustomize", self.workload.what()))
     }
 
     /// The container port a Service targetPort or probe port names (by name or number).
@@ -498,8 +498,8 @@ impl Collector {
 
 /// Maps the in-pod `--config` path to the file in this repository, through the volume mount,
 /// the ConfigMap volume and the configMapGenerator that makes the ConfigMap.
-fn mounted_config_file(build: &Build, deployment: &Obj, container: &Value, path: &Path) -> PathBuf {
-    let what = deployment.what();
+fn mounted_config_file(build: &Build, workload: &Obj, container: &Value, path: &Path) -> PathBuf {
+    let what = workload.what();
     let mount = seq_at(container, "/volumeMounts", &what)
         .iter()
         .find(|m| {
@@ -510,7 +510,7 @@ fn mounted_config_file(build: &Build, deployment: &Obj, container: &Value, path:
         .unwrap_or_else(|| panic!("{what}: nothing is mounted at {}", path.display()));
     let mount_path = str_at(mount, "/mountPath", &what);
     let volume_name = str_at(mount, "/name", &what);
-    let volume = seq_at(&deployment.doc, "/spec/template/spec/volumes", &what)
+    let volume = seq_at(&workload.doc, "/spec/template/spec/volumes", &what)
         .iter()
         .find(|v| v["name"].as_str() == Some(volume_name))
         .unwrap_or_else(|| panic!("{what}: no volume {volume_name}"));
@@ -747,7 +747,7 @@ fn readme_commands_name_real_paths() {
 // Tests: the collector's manifests against the collector.
 
 #[test]
-fn deployment_args_are_flags_of_meshaudit_serve() {
+fn statefulset_args_are_flags_of_meshaudit_serve() {
     let c = Collector::load();
     let top = meshaudit(&["--help"]);
     assert!(
@@ -762,7 +762,10 @@ fn deployment_args_are_flags_of_meshaudit_serve() {
         .filter(|a| a.starts_with("--"))
         .map(|a| a.split_once('=').map_or(a.as_str(), |(f, _)| f))
         .collect();
-    assert!(!given.is_empty(), "the Deployment passes no flag: {args:?}");
+    assert!(
+        !given.is_empty(),
+        "the StatefulSet passes no flag: {args:?}"
+    );
     for flag in given {
         assert!(
             flags.contains(flag),
@@ -822,14 +825,38 @@ fn configmap_toml_is_accepted_and_matches_the_pod() {
         json!(true),
         "the data volume is read-only"
     );
+    // Durable: the data volume (Parquet and the spool under it) is a PersistentVolumeClaim per
+    // replica, from the StatefulSet's volumeClaimTemplates, never a pod volume (an emptyDir
+    // dies with the pod), and it is kept when the StatefulSet is deleted or scaled down.
     let volume_name = str_at(mount, "/name", "data mount");
-    let volume = seq_at(c.pod_spec(), "/volumes", "pod")
-        .iter()
-        .find(|v| v["name"].as_str() == Some(volume_name))
-        .expect("data volume");
     assert!(
-        volume["emptyDir"]["sizeLimit"].is_string() || volume["persistentVolumeClaim"].is_object(),
-        "the data volume must be an emptyDir with a sizeLimit or a PVC: {volume}"
+        cfg.spool_dir.starts_with(&cfg.data_dir),
+        "the spool ({}) must be on the data volume ({})",
+        cfg.spool_dir.display(),
+        cfg.data_dir.display()
+    );
+    assert!(
+        seq_at(c.pod_spec(), "/volumes", "pod")
+            .iter()
+            .all(|v| v["name"].as_str() != Some(volume_name)),
+        "the data volume {volume_name} must come from volumeClaimTemplates, not a pod volume"
+    );
+    let sts = &c.workload.doc["spec"];
+    let claim = seq_at(sts, "/volumeClaimTemplates", "StatefulSet")
+        .iter()
+        .find(|t| t["metadata"]["name"].as_str() == Some(volume_name))
+        .unwrap_or_else(|| panic!("no volumeClaimTemplate {volume_name}"));
+    assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    assert!(claim["spec"]["resources"]["requests"]["storage"].is_string());
+    assert_eq!(
+        sts["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        "audit data must outlive the StatefulSet"
+    );
+    assert_eq!(
+        c.pod_spec()["enableServiceLinks"],
+        json!(false),
+        "no service-link variables in the collector's pods"
     );
     // The config volume is mounted read-only.
     let config_volume = seq_at(c.pod_spec(), "/volumes", "pod")
@@ -876,7 +903,7 @@ fn service_probes_and_scrape_annotations_use_the_configured_ports() {
         );
     }
 
-    let ann = &c.deployment.doc["spec"]["template"]["metadata"]["annotations"];
+    let ann = &c.workload.doc["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(ann["prometheus.io/scrape"], json!("true"));
     assert_eq!(
         ann["prometheus.io/port"],
@@ -888,8 +915,8 @@ fn service_probes_and_scrape_annotations_use_the_configured_ports() {
 #[test]
 fn pods_are_hardened_spread_and_budgeted() {
     let c = Collector::load();
-    let dep = &c.deployment.doc;
-    let what = c.deployment.what();
+    let dep = &c.workload.doc;
+    let what = c.workload.what();
     assert!(
         dep["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
         "{what}: replicas >= 2"
@@ -975,7 +1002,7 @@ fn pods_are_hardened_spread_and_budgeted() {
 #[test]
 fn the_shipped_config_serves_every_path_the_manifests_probe() {
     let c = Collector::load();
-    let ann = &c.deployment.doc["spec"]["template"]["metadata"]["annotations"];
+    let ann = &c.workload.doc["spec"]["template"]["metadata"]["annotations"];
     let mut paths: Vec<String> = ["readinessProbe", "livenessProbe"]
         .iter()
         .map(|p| str_at(&c.container, &format!("/{p}/httpGet/path"), p).to_owned())
@@ -1411,7 +1438,10 @@ fn kubectl_kustomize_renders_what_the_checks_model() {
             .filter(|o| o["kind"] == json!("ConfigMap"))
             .filter_map(|o| o["metadata"]["name"].as_str())
             .collect();
-        for o in rendered.iter().filter(|o| o["kind"] == json!("Deployment")) {
+        for o in rendered
+            .iter()
+            .filter(|o| o["kind"] == json!("StatefulSet"))
+        {
             for v in o
                 .pointer("/spec/template/spec/volumes")
                 .and_then(Value::as_array)
@@ -1428,8 +1458,8 @@ fn kubectl_kustomize_renders_what_the_checks_model() {
             }
             let name = o["metadata"]["name"].as_str().unwrap_or("");
             let modelled = model
-                .find("Deployment", o["metadata"]["namespace"].as_str(), name)
-                .expect("modelled Deployment");
+                .find("StatefulSet", o["metadata"]["namespace"].as_str(), name)
+                .expect("modelled StatefulSet");
             assert_eq!(
                 o.pointer("/spec/template/spec/containers/0/image"),
                 modelled
@@ -1440,6 +1470,272 @@ fn kubectl_kustomize_renders_what_the_checks_model() {
             );
         }
     }
+}
+
+/// A logger file of the real-Envoy tests (tests/python/envoy/als-*.yaml) with its placeholders
+/// filled as for the collector: `{"http": [...], "tcp": [...]}`.
+fn real_envoy_loggers(file: &str, cluster: &str, authority: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python/envoy")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("${ALS_CLUSTER}", cluster)
+        .replace("${ALS_AUTHORITY}", authority);
+    let yaml: serde_norway::Value = serde_norway::from_str(&text).expect("logger file is YAML");
+    serde_json::to_value(yaml).expect("JSON form")
+}
+
+/// What istiod generates for an `envoyHttpAls` / `envoyTcpAls` extension provider
+/// (pilot/pkg/model/telemetry_logging.go): envoy_grpc to the Service's outbound cluster with the
+/// Service host as authority, V3, the provider's log name, filter state objects and headers.
+fn istiod_logger(provider: &Value) -> Value {
+    let (kind, p) = if provider["envoyHttpAls"].is_object() {
+        ("http", &provider["envoyHttpAls"])
+    } else {
+        ("tcp", &provider["envoyTcpAls"])
+    };
+    let service = str_at(p, "/service", "provider");
+    let port = p["port"].as_u64().expect("provider port");
+    let mut typed = json!({
+        "@type": if kind == "http" {
+            "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+        } else {
+            "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig"
+        },
+        "common_config": {
+            "log_name": p["logName"],
+            "grpc_service": {"envoy_grpc": {
+                "cluster_name": format!("outbound|{port}||{service}"),
+                "authority": service,
+            }},
+            "transport_api_version": "V3",
+            "filter_state_objects_to_log": p["filterStateObjectsToLog"],
+        },
+    });
+    for (from, to) in [
+        (
+            "additionalRequestHeadersToLog",
+            "additional_request_headers_to_log",
+        ),
+        (
+            "additionalResponseHeadersToLog",
+            "additional_response_headers_to_log",
+        ),
+        (
+            "additionalResponseTrailersToLog",
+            "additional_response_trailers_to_log",
+        ),
+    ] {
+        if let Some(v) = p.get(from) {
+            typed[to] = v.clone();
+        }
+    }
+    json!({
+        "name": format!("envoy.access_loggers.{kind}_grpc"),
+        "typed_config": typed,
+    })
+}
+
+/// The real-Envoy tests (tests/python/test_envoy.py) run exactly the loggers deploy/ makes Istio
+/// configure: the Telemetry API providers of deploy/istio/mesh-config as istiod renders them,
+/// and the EnvoyFilter of deploy/istio/envoyfilter verbatim.
+#[test]
+fn real_envoy_tests_run_the_loggers_deploy_configures() {
+    let c = Collector::load();
+    let (_, als_port) = c.service();
+    let fqdn = c.service_fqdn();
+    let cluster = format!(
+        "outbound|{}||{fqdn}",
+        als_port["port"].as_u64().expect("port")
+    );
+
+    let tested = real_envoy_loggers("als-telemetry-api.yaml", &cluster, &fqdn);
+    for provider in extension_providers() {
+        let generated = istiod_logger(&provider);
+        let kind = if provider["envoyHttpAls"].is_object() {
+            "http"
+        } else {
+            "tcp"
+        };
+        assert_eq!(
+            tested[kind],
+            json!([generated]),
+            "tests/python/envoy/als-telemetry-api.yaml ({kind}) differs from what istiod makes of provider {}",
+            provider["name"]
+        );
+    }
+
+    let tested = real_envoy_loggers("als-envoyfilter.yaml", &cluster, &fqdn);
+    let filter = yaml_doc(&deploy().join("istio/envoyfilter/envoyfilter.yaml"));
+    let patches = seq_at(&filter, "/spec/configPatches", "envoyfilter.yaml");
+    for (kind, network_filter) in [
+        ("http", "envoy.filters.network.http_connection_manager"),
+        ("tcp", "envoy.filters.network.tcp_proxy"),
+    ] {
+        let patch = patches
+            .iter()
+            .find(|p| {
+                p["match"]["listener"]["filterChain"]["filter"]["name"] == json!(network_filter)
+            })
+            .unwrap_or_else(|| panic!("envoyfilter.yaml patches no {network_filter}"));
+        assert_eq!(patch["patch"]["operation"], json!("MERGE"));
+        assert_eq!(
+            patch["patch"]["value"]["typed_config"]["access_log"],
+            tested[kind],
+            "deploy/istio/envoyfilter/envoyfilter.yaml ({kind}) differs from tests/python/envoy/als-envoyfilter.yaml"
+        );
+        for logger in tested[kind].as_array().expect("loggers") {
+            let svc = &logger["typed_config"]["common_config"]["grpc_service"]["envoy_grpc"];
+            assert_eq!(svc["cluster_name"], json!(cluster));
+            assert!(
+                svc.get("authority").is_none(),
+                "the EnvoyFilter form sets no authority"
+            );
+        }
+    }
+}
+
+/// `kubectl kustomize DIR` as JSON values; `None` (with a notice) where kubectl is missing,
+/// which CI does not allow.
+fn kubectl_render(dir: &Path, test: &str) -> Option<Vec<Value>> {
+    let Some(out) = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .ok()
+    else {
+        assert!(std::env::var_os("CI").is_none(), "kubectl is needed in CI");
+        eprintln!("SKIPPED {test}: kubectl not found");
+        return None;
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        rel(dir),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(
+        serde_norway::Deserializer::from_str(&text)
+            .map(|d| Value::deserialize(d).expect("kustomize output is YAML"))
+            .filter(|v| !v.is_null())
+            .collect(),
+    )
+}
+
+/// What the kubelet injects into a pod for one Service with a cluster IP (Kubernetes'
+/// documented naming: the name upper-cased, dashes to underscores; `{SVC}_SERVICE_HOST`,
+/// `{SVC}_SERVICE_PORT`, `{SVC}_SERVICE_PORT_{PORT NAME}`, and the Docker-links family
+/// `{SVC}_PORT`, `{SVC}_PORT_{port}_{PROTO}` and its `_PROTO`, `_PORT`, `_ADDR`).
+fn service_link_variables(svc: &Value, ip: &str) -> Vec<(String, String)> {
+    let env_name = |s: &str| s.to_ascii_uppercase().replace('-', "_");
+    let name = env_name(svc["metadata"]["name"].as_str().expect("Service name"));
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    let mut vars = vec![(format!("{name}_SERVICE_HOST"), ip.to_owned())];
+    for (i, p) in ports.iter().enumerate() {
+        let port = p["port"].as_u64().expect("port number");
+        let proto = p["protocol"].as_str().unwrap_or("TCP");
+        let url = format!("{}://{host}:{port}", proto.to_ascii_lowercase());
+        if i == 0 {
+            vars.push((format!("{name}_SERVICE_PORT"), port.to_string()));
+            vars.push((format!("{name}_PORT"), url.clone()));
+        }
+        if let Some(port_name) = p["name"].as_str() {
+            vars.push((
+                format!("{name}_SERVICE_PORT_{}", env_name(port_name)),
+                port.to_string(),
+            ));
+        }
+        let prefix = format!("{name}_PORT_{port}_{proto}");
+        vars.push((format!("{prefix}_PROTO"), proto.to_ascii_lowercase()));
+        vars.push((format!("{prefix}_PORT"), port.to_string()));
+        vars.push((format!("{prefix}_ADDR"), ip.to_owned()));
+        vars.push((prefix, url));
+    }
+    vars
+}
+
+/// The rollout that crash-looped: deploy/ creates the Service `meshaudit`, so (with
+/// enableServiceLinks on, the Kubernetes default) every later pod in its namespace gets
+/// MESHAUDIT_SERVICE_HOST and friends. The real collector starts with every variable Kubernetes
+/// would inject for every Service deploy/ defines, in IPv4 and in IPv6 clusters.
+#[test]
+fn the_collector_starts_with_every_service_link_variable_kubernetes_would_inject() {
+    let test = "the_collector_starts_with_every_service_link_variable_kubernetes_would_inject";
+    let Some(rendered) = kubectl_render(&deploy(), test) else {
+        return;
+    };
+    let services: Vec<&Value> = rendered
+        .iter()
+        .filter(|o| o["kind"] == json!("Service") && o["spec"]["clusterIP"] != json!("None"))
+        .collect();
+    assert!(
+        services
+            .iter()
+            .any(|s| s["metadata"]["name"] == json!("meshaudit")),
+        "the render has no Service meshaudit"
+    );
+    for (family, ips) in [
+        (
+            "IPv4",
+            ["10.96.0.12", "10.96.0.13", "10.96.0.14", "10.96.0.15"],
+        ),
+        (
+            "IPv6",
+            [
+                "fd00:10:96::c",
+                "fd00:10:96::d",
+                "fd00:10:96::e",
+                "fd00:10:96::f",
+            ],
+        ),
+    ] {
+        let mut env: Vec<(String, String)> = services
+            .iter()
+            .zip(ips.iter().cycle())
+            .flat_map(|(svc, ip)| service_link_variables(svc, ip))
+            .collect();
+        // And what every pod gets for the API server's Service.
+        env.extend(service_link_variables(
+            &json!({"metadata": {"name": "kubernetes"},
+                    "spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}}),
+            ips[0],
+        ));
+        assert!(
+            env.iter().any(|(k, _)| k == "MESHAUDIT_PORT_9000_TCP_ADDR"),
+            "{env:?}"
+        );
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let data = tempfile::tempdir().expect("tempdir");
+        // Panics with the collector's output if it exits instead of answering /readyz.
+        let collector = common::Collector::start_with_env(data.path(), &[], &env);
+        let (status, output) = collector.stop();
+        assert!(status.success(), "{family}: exit {status}:\n{output}");
+    }
+    // A genuinely misspelled setting still stops it, naming the fix.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshaudit"))
+        .args(["serve", "--data-dir", "/nonexistent-never-created"])
+        .env("MESHAUDIT_SERVICE_HOST", "10.96.0.12")
+        .env("MESHAUDIT_ADMIN_PORT", "9001")
+        .output()
+        .expect("run meshaudit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("unknown environment variable MESHAUDIT_ADMIN_PORT")
+            && stderr.contains("Fix:"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("unknown environment variable MESHAUDIT_SERVICE_HOST"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! - `peer_auth`: which TLS peers may write (client certificate, SPIFFE allow-list).
 //! - `limits`: streams in total, idle timeout, maximum stream age.
 //! - `conn`: connections in total, handshake/preface deadline, the open-files limit.
+//! - `stack_refusals`: streams the HTTP/2 layer resets before the service sees them, counted
+//!   and logged once with the fix.
 
 pub mod codec;
 pub mod conn;
@@ -15,5 +17,6 @@ pub mod limits;
 pub mod pbstruct;
 pub mod peer_auth;
 pub mod service;
+pub mod stack_refusals;
 pub mod tls;
 pub mod wire;

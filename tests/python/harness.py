@@ -47,6 +47,19 @@ def wait_until(cond, timeout: float, what: str):
         time.sleep(POLL_S)
 
 
+def http_call(url: str, method: str = "GET", headers: dict[str, str] | None = None,
+              body: bytes | None = None, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of one HTTP request; (0, "") when nothing answers."""
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=body)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, ""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -196,14 +209,7 @@ class Collector:
         )
 
     def http_get(self, path: str) -> tuple[int, str]:
-        url = f"http://127.0.0.1:{self.admin_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, ""
+        return http_call(f"http://127.0.0.1:{self.admin_port}{path}")
 
     def metrics(self) -> dict[str, float]:
         """`/metrics` as {'name{labels}': value}."""
