@@ -1,0 +1,577 @@
+//! Damaged spool bytes: where valid frames resume after them, and the one report of what was
+//! lost. Start-up recovery (`files.rs`), the sinks' disk reads (`reader.rs`) and
+//! [`super::read_spooled`] all go through here, so they agree on what is damaged.
+//!
+//! Only the framing is used to find frames again (length + CRC-32C, `frame::peek`), never the
+//! payload's encoding: after a damaged range, the scan moves one byte at a time until a length
+//! that fits and a checksum that matches. A false match needs a 32-bit checksum to collide at an
+//! offset whose length field also fits, which is what the checksum already relies on.
+//!
+//! A damaged range is reported once: its bytes are copied to `SPOOL_DIR/damaged/` under a name
+//! made of its LSN range and a hash of its bytes (created exclusively); whoever creates that
+//! copy logs the one error and counts it; anyone who finds it already there (another sink, the
+//! next start) does not. A torn tail (damage with no valid frame after it, in the last segment)
+//! is cut at start-up; damage followed by valid frames is never cut, only skipped.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+use tracing::{error, info, warn};
+
+use super::frame::{self, Peek, HEADER_LEN};
+use crate::store::metrics::StoreMetrics;
+
+/// Under the spool dir: copies of damaged ranges, for inspection. Never deleted by meshaudit.
+pub const DAMAGED_DIR: &str = "damaged";
+
+/// The first offset after `from` (exclusive) in `buf` where a whole, checksum-valid frame
+/// starts; `None` when no valid frame follows (the damage runs to the end).
+pub(super) fn resync(buf: &[u8], from: usize) -> Option<usize> {
+    let last = buf.len().checked_sub(HEADER_LEN)?;
+    ((from + 1)..=last).find(|&at| matches!(frame::peek(&buf[at..]), Peek::Frame { .. }))
+}
+
+/// What lies at each place of a segment's body (the bytes after its header).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Piece<'a> {
+    /// A checksum-valid frame at `at`, `len` bytes with its header.
+    Frame {
+        at: usize,
+        len: usize,
+        payload: &'a [u8],
+    },
+    /// Bytes `at..end` hold no valid frame. `resumes`: a valid frame starts at `end`.
+    Damage {
+        at: usize,
+        end: usize,
+        resumes: bool,
+    },
+}
+
+/// Walks a segment body: frames, and damaged ranges between or after them.
+pub(super) fn pieces(body: &[u8]) -> impl Iterator<Item = Piece<'_>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let piece = match frame::peek(&body[at..]) {
+            Peek::End => return None,
+            Peek::Frame { payload, len } => Piece::Frame { at, len, payload },
+            Peek::Torn => match resync(body, at) {
+                Some(end) => Piece::Damage {
+                    at,
+                    end,
+                    resumes: true,
+                },
+                None => Piece::Damage {
+                    at,
+                    end: body.len(),
+                    resumes: false,
+                },
+            },
+        };
+        at = match &piece {
+            Piece::Frame { at, len, .. } => at + len,
+            Piece::Damage { end, .. } => *end,
+        };
+        Some(piece)
+    })
+}
+
+/// Records in a damaged range, if its length fields still frame it exactly and every payload
+/// still decodes: an estimate, since the checksums fail.
+pub(super) fn records_in(mut bytes: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    while !bytes.is_empty() {
+        if bytes.len() < HEADER_LEN {
+            return None;
+        }
+        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if len == 0 || len > bytes.len() - HEADER_LEN {
+            return None;
+        }
+        n += frame::decode(&bytes[HEADER_LEN..HEADER_LEN + len])
+            .ok()?
+            .len();
+        bytes = &bytes[HEADER_LEN + len..];
+    }
+    Some(n)
+}
+
+/// How many records a damaged range held, as honestly as can be said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost(pub Option<usize>);
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(
+                f,
+                "{n} (estimated: read from the damaged bytes, whose checksum fails)"
+            ),
+            None => f.write_str("unknown (the damaged bytes no longer frame or decode)"),
+        }
+    }
+}
+
+/// Where a damaged range was found and what becomes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Found {
+    /// By a sink's reader below the durable end: skipped; valid frames after it are read.
+    Skipped { sink: &'static str },
+    /// At start-up, at the end of the last segment with nothing valid after it: cut off.
+    /// `torn`: the last frame is cut short (a crash while appending), rather than whole with a
+    /// failing checksum.
+    TailCut { torn: bool },
+}
+
+/// A damaged range `[start, end)` of LSNs in the segment starting at `segment`.
+pub(super) struct Damage<'a> {
+    pub segment_path: &'a Path,
+    pub start: u64,
+    pub end: u64,
+    /// The bytes, as far as they could be read.
+    pub bytes: &'a [u8],
+    pub found: Found,
+}
+
+/// Copies the damaged bytes aside and reports them, once per range: returns false (and logs
+/// nothing above info) when this range was already reported, by another sink or an earlier run.
+pub(super) fn report(spool_dir: &Path, d: &Damage<'_>, metrics: &StoreMetrics) -> bool {
+    let dir = spool_dir.join(DAMAGED_DIR);
+    let hash = blake3::hash(d.bytes);
+    let name = format!(
+        "lsn-{:020}-{:020}-{}.bin",
+        d.start,
+        d.end,
+        &hash.to_hex()[..16]
+    );
+    let copy = dir.join(name);
+    let saved: Result<PathBuf, std::io::Error> = fs::create_dir_all(&dir)
+        .and_then(|()| OpenOptions::new().write(true).create_new(true).open(&copy))
+        .and_then(|mut f| f.write_all(d.bytes).and_then(|()| f.sync_all()))
+        .map(|()| copy.clone());
+    let saved = match saved {
+        Ok(p) => p.display().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            info!(
+                path = %d.segment_path.display(),
+                lsn_start = d.start,
+                lsn_end = d.end,
+                copy = %copy.display(),
+                "skipping damaged spool bytes already reported"
+            );
+            return false;
+        }
+        Err(e) => format!("not saved ({e}); the bytes are still in the segment unless cut"),
+    };
+    let bytes = d.end - d.start;
+    let lost = Lost(records_in(d.bytes));
+    metrics.spool_corrupt_frames.fetch_add(1, Relaxed);
+    metrics.spool_damaged_bytes.fetch_add(bytes, Relaxed);
+    match d.found {
+        Found::Skipped { sink } => error!(
+            sink,
+            path = %d.segment_path.display(),
+            lsn_start = d.start,
+            lsn_end = d.end,
+            bytes,
+            records_lost = %lost,
+            copy = %saved,
+            "damaged spool bytes below the durable end (disk corruption?): the records in this LSN range are lost; valid frames after it are still delivered"
+        ),
+        Found::TailCut { torn: true } => {
+            metrics.spool_truncated_bytes.fetch_add(bytes, Relaxed);
+            warn!(
+                path = %d.segment_path.display(),
+                lsn_start = d.start,
+                lsn_end = d.end,
+                bytes,
+                records_lost = %lost,
+                copy = %saved,
+                "the spool ends in a torn write (a crash while appending): cutting it off. With --spool-fsync always such a frame was never acknowledged; with interval it may have been accepted within the last fsync interval (a power loss)"
+            )
+        }
+        Found::TailCut { torn: false } => {
+            metrics.spool_truncated_bytes.fetch_add(bytes, Relaxed);
+            error!(
+                path = %d.segment_path.display(),
+                lsn_start = d.start,
+                lsn_end = d.end,
+                bytes,
+                records_lost = %lost,
+                copy = %saved,
+                "the spool's last frames are damaged (disk corruption?) with nothing valid after them: cutting them off; the records in this LSN range are lost"
+            )
+        }
+    }
+    true
+}
+
+/// True when the damage at the end of a segment body looks like a write cut short by a crash:
+/// its length runs past the end, or it is zeros (what a file system may leave).
+pub(super) fn looks_torn(tail: &[u8]) -> bool {
+    if tail.len() < HEADER_LEN || tail.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+    len > tail.len() - HEADER_LEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::AuditRecord;
+
+    fn frame_of(n: usize, tag: &str) -> Vec<u8> {
+        let recs: Vec<AuditRecord> = (0..n)
+            .map(|i| AuditRecord {
+                record_id: format!("{tag}-{i}"),
+                received_at: i as i64,
+                ..Default::default()
+            })
+            .collect();
+        frame::encode(&recs)
+    }
+
+    /// Frame offsets and damaged ranges of a body.
+    fn walk(body: &[u8]) -> Vec<(usize, usize, bool)> {
+        pieces(body)
+            .map(|p| match p {
+                Piece::Frame { at, len, .. } => (at, at + len, true),
+                Piece::Damage { at, end, .. } => (at, end, false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_flipped_bit_loses_only_its_frame_wherever_it_is() {
+        let frames: Vec<Vec<u8>> = (0..5).map(|i| frame_of(10, &format!("f{i}"))).collect();
+        let body: Vec<u8> = frames.concat();
+        let bounds: Vec<(usize, usize)> = frames
+            .iter()
+            .scan(0, |at, f| {
+                let b = (*at, *at + f.len());
+                *at += f.len();
+                Some(b)
+            })
+            .collect();
+        for victim in 0..5 {
+            for spot in [0, 3, 5, 8, 20, frames[victim].len() - 1] {
+                let mut b = body.clone();
+                b[bounds[victim].0 + spot] ^= 0x10;
+                let got = walk(&b);
+                let want: Vec<(usize, usize, bool)> = bounds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(s, e))| (s, e, i != victim))
+                    .collect();
+                assert_eq!(got, want, "frame {victim}, byte {spot}");
+                // The damaged frame's records are still counted (its length field is intact
+                // unless the flip hit it).
+                let (s, e) = bounds[victim];
+                if (4..HEADER_LEN).contains(&spot) {
+                    assert_eq!(
+                        records_in(&b[s..e]),
+                        Some(10),
+                        "frame {victim}, byte {spot}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damage_over_several_frames_resumes_at_the_next_whole_one() {
+        let frames: Vec<Vec<u8>> = (0..4).map(|i| frame_of(3, &format!("g{i}"))).collect();
+        let mut body: Vec<u8> = frames.concat();
+        let (a, b) = (frames[0].len(), frames[0].len() + frames[1].len());
+        // Zero a range from inside frame 1 to inside frame 2.
+        for x in &mut body[a + 10..b + 10] {
+            *x = 0;
+        }
+        let got = walk(&body);
+        assert_eq!(got[0], (0, a, true));
+        assert_eq!(got[1], (a, b + frames[2].len(), false));
+        assert_eq!(got[2], (b + frames[2].len(), body.len(), true));
+        assert_eq!(got.len(), 3);
+        assert_eq!(records_in(&body[a..b + frames[2].len()]), None);
+        assert_eq!(
+            Lost(None).to_string(),
+            "unknown (the damaged bytes no longer frame or decode)"
+        );
+    }
+
+    #[test]
+    fn a_tail_with_nothing_valid_after_it_is_torn_or_damaged() {
+        let f0 = frame_of(2, "t0");
+        let f1 = frame_of(2, "t1");
+        // Cut short: torn.
+        let mut body = [f0.clone(), f1[..f1.len() - 3].to_vec()].concat();
+        assert_eq!(
+            walk(&body),
+            [(0, f0.len(), true), (f0.len(), body.len(), false)]
+        );
+        assert!(looks_torn(&body[f0.len()..]));
+        // Zeros after a crash: torn.
+        body = [f0.clone(), vec![0; 100]].concat();
+        assert!(looks_torn(&body[f0.len()..]));
+        // Whole, with a bad checksum: damaged, not torn.
+        let mut bad = f1.clone();
+        bad[12] ^= 1;
+        body = [f0.clone(), bad].concat();
+        assert_eq!(
+            walk(&body),
+            [(0, f0.len(), true), (f0.len(), body.len(), false)]
+        );
+        assert!(!looks_torn(&body[f0.len()..]));
+        assert!(matches!(
+            pieces(&body).last(),
+            Some(Piece::Damage { resumes: false, .. })
+        ));
+    }
+
+    #[test]
+    fn a_range_is_reported_once_and_kept_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = StoreMetrics::default();
+        let mut bytes = frame_of(4, "r");
+        bytes[9] ^= 1;
+        let d = Damage {
+            segment_path: Path::new("seg"),
+            start: 100,
+            end: 100 + bytes.len() as u64,
+            bytes: &bytes,
+            found: Found::Skipped { sink: "parquet" },
+        };
+        assert!(report(dir.path(), &d, &metrics));
+        assert!(!report(dir.path(), &d, &metrics), "a second sink");
+        assert_eq!(metrics.spool_corrupt_frames.load(Relaxed), 1);
+        assert_eq!(
+            metrics.spool_damaged_bytes.load(Relaxed),
+            bytes.len() as u64
+        );
+        let copies: Vec<_> = fs::read_dir(dir.path().join(DAMAGED_DIR))
+            .expect("damaged dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(fs::read(&copies[0]).expect("copy"), bytes);
+        let name = copies[0]
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.starts_with(&format!("lsn-{:020}-{:020}-", 100, 100 + bytes.len())),
+            "{name}"
+        );
+    }
+}
+
+/// Damage in real segment files, read back through the spool: at the head, middle and tail of
+/// segments, across a segment boundary, and at the end of the log.
+#[cfg(test)]
+mod spool_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::AuditRecord;
+    use crate::store::metrics::SinkId;
+    use crate::store::spool::{files, FsyncMode, Next, SinkReader, Spool, SpoolConfig};
+
+    fn rec(id: u32) -> AuditRecord {
+        AuditRecord {
+            record_id: format!("{id:032x}"),
+            received_at: 1,
+            user_agent: Some("x".repeat(100)),
+            ..Default::default()
+        }
+    }
+
+    fn cfg(dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 30,
+            // About seven frames of four records per segment.
+            segment_bytes: 4 << 10,
+            fsync: FsyncMode::Always,
+            queue_batches: 1,
+            sinks: vec![SinkId::Parquet, SinkId::Postgres],
+        }
+    }
+
+    /// One frame on disk: its segment file, byte offset in it, length, and record ids.
+    #[derive(Debug, Clone)]
+    struct OnDisk {
+        file: PathBuf,
+        offset: usize,
+        len: usize,
+        ids: Vec<String>,
+        last_in_segment: bool,
+    }
+
+    fn frames_on_disk(dir: &Path) -> Vec<OnDisk> {
+        let mut segs: Vec<PathBuf> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("seg-"))
+            })
+            .collect();
+        segs.sort();
+        let mut out = Vec::new();
+        for file in segs {
+            let buf = fs::read(&file).expect("segment");
+            let mut here: Vec<OnDisk> = pieces(&buf[HEADER_LEN..])
+                .map(|p| match p {
+                    Piece::Frame { at, len, payload } => OnDisk {
+                        file: file.clone(),
+                        offset: HEADER_LEN + at,
+                        len,
+                        ids: frame::decode(payload)
+                            .expect("decodes")
+                            .into_iter()
+                            .map(|r| r.record_id)
+                            .collect(),
+                        last_in_segment: false,
+                    },
+                    other => panic!("undamaged spool has {other:?}"),
+                })
+                .collect();
+            if let Some(l) = here.last_mut() {
+                l.last_in_segment = true;
+            }
+            out.extend(here);
+        }
+        out
+    }
+
+    fn flip(f: &OnDisk, at: usize) {
+        let mut buf = fs::read(&f.file).expect("read");
+        buf[f.offset + at] ^= 0x04;
+        fs::write(&f.file, buf).expect("write");
+    }
+
+    async fn read_all(r: &mut SinkReader) -> Vec<String> {
+        let mut ids = vec![];
+        loop {
+            match r.next(1000, Duration::from_millis(50)).await {
+                Next::Batch(b) => ids.extend(
+                    b.frames
+                        .iter()
+                        .flat_map(|f| f.records.iter().map(|r| r.record_id.clone())),
+                ),
+                Next::Idle | Next::Closed => return ids,
+            }
+        }
+    }
+
+    async fn close(s: Spool) {
+        tokio::task::spawn_blocking(move || s.shutdown())
+            .await
+            .expect("shutdown");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damage_anywhere_loses_only_the_damaged_frames_for_every_sink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = Arc::new(StoreMetrics::default());
+        let rt = tokio::runtime::Handle::current();
+        let (s, a) = Spool::open(cfg(dir.path()), Arc::clone(&m), rt.clone()).expect("open");
+        for i in 0..40 {
+            a.send((4 * i..4 * i + 4).map(rec).collect())
+                .await
+                .expect("accepted");
+        }
+        drop(a);
+        close(s).await;
+        let frames = frames_on_disk(dir.path());
+        assert_eq!(frames.len(), 40);
+        let segments: Vec<&PathBuf> = {
+            let mut v: Vec<&PathBuf> = frames.iter().map(|f| &f.file).collect();
+            v.dedup();
+            v
+        };
+        assert!(segments.len() >= 5, "{} segments", segments.len());
+        let in_seg = |k: usize| -> Vec<usize> {
+            (0..frames.len())
+                .filter(|&i| &frames[i].file == segments[k])
+                .collect()
+        };
+        let (s1, s2, s3) = (in_seg(1), in_seg(2), in_seg(3));
+        assert!(s1.len() >= 5 && s2.len() >= 3);
+        let damaged = [
+            s1[0],                   // head of a segment, in the payload
+            s1[3],                   // middle of a segment, in the length field
+            *s2.last().expect("s2"), // tail of a segment...
+            s3[0],                   // ...and the head of the next: across the boundary
+            frames.len() - 1,        // the end of the log: cut at start-up
+        ];
+        flip(&frames[s1[0]], 40);
+        flip(&frames[s1[3]], 1);
+        flip(
+            &frames[*s2.last().expect("s2")],
+            frames[*s2.last().expect("s2")].len - 1,
+        );
+        flip(&frames[s3[0]], 9);
+        flip(&frames[frames.len() - 1], 20);
+        let want: Vec<String> = frames
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !damaged.contains(i))
+            .flat_map(|(_, f)| f.ids.clone())
+            .collect();
+        assert_eq!(want.len(), 4 * 35);
+
+        let (s, a) = Spool::open(cfg(dir.path()), Arc::clone(&m), rt.clone()).expect("reopen");
+        // The last frame had nothing valid after it: cut and reported at start-up.
+        let last = &frames[frames.len() - 1];
+        assert_eq!(
+            fs::metadata(&last.file).expect("meta").len(),
+            last.offset as u64
+        );
+        assert_eq!(m.spool_truncated_bytes.load(Relaxed), last.len as u64);
+        a.send(vec![rec(9999)]).await.expect("appends go on");
+        let mut want_after = want.clone();
+        want_after.push(rec(9999).record_id);
+        for sink in [SinkId::Parquet, SinkId::Postgres] {
+            let mut r = s.reader(sink).expect("reader");
+            assert_eq!(read_all(&mut r).await, want_after, "{sink:?}");
+        }
+        // Five ranges, each reported once although two sinks read past them.
+        assert_eq!(m.spool_corrupt_frames.load(Relaxed), 5);
+        let damaged_bytes: u64 = damaged.iter().map(|&i| frames[i].len as u64).sum();
+        assert_eq!(m.spool_damaged_bytes.load(Relaxed), damaged_bytes);
+        let copies = fs::read_dir(dir.path().join(DAMAGED_DIR))
+            .expect("damaged dir")
+            .count();
+        assert_eq!(copies, 5);
+        // No segment that still held valid frames was cut.
+        for (i, f) in frames.iter().enumerate() {
+            if i != frames.len() - 1 {
+                assert!(fs::metadata(&f.file).expect("meta").len() >= (f.offset + f.len) as u64);
+            }
+        }
+        drop(a);
+        close(s).await;
+
+        // After a restart nothing is reported again (the copies are there), and read_spooled
+        // agrees.
+        let (s, a) = Spool::open(cfg(dir.path()), Arc::clone(&m), rt).expect("reopen");
+        let mut r = s.reader(SinkId::Parquet).expect("reader");
+        assert_eq!(read_all(&mut r).await, want_after);
+        assert_eq!(m.spool_corrupt_frames.load(Relaxed), 5);
+        drop(a);
+        close(s).await;
+        let spooled: Vec<String> = files::read_spooled(dir.path())
+            .expect("read_spooled")
+            .into_iter()
+            .map(|r| r.record_id)
+            .collect();
+        assert_eq!(spooled, want_after);
+    }
+}
