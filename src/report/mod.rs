@@ -215,6 +215,12 @@ pub fn summary(r: &Report, out: &Path, files: &[render::manifest::Entry]) -> Val
         "sections": r.sections.iter().map(|s| serde_json::json!({
             "id": s.spec.id, "rows": s.table.rows.len(), "records": s.records(),
         })).collect::<Vec<_>>(),
+        "warnings": match &r.source {
+            Source::Parquet { stats, .. } => stats.skipped.iter()
+                .map(|s| format!("not read (not part of the store; run meshaudit verify): {s}"))
+                .collect::<Vec<_>>(),
+            Source::Postgres { .. } => Vec::new(),
+        },
     })
 }
 
