@@ -47,6 +47,8 @@ pub struct ScanStats {
     /// files outside the layout; see `store::layout`): never read, each named here, and each a
     /// `meshaudit verify` finding.
     pub skipped: Vec<String>,
+    /// The data files read, relative to the data dir.
+    pub read: Vec<String>,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> ReportError {
@@ -105,6 +107,7 @@ pub fn scan(
         let mut seen = Seen::default();
         for file in &part.files {
             stats.files_read += 1;
+            stats.read.push(file.rel.clone());
             scan_file(
                 &file.path, &wanted, range, eval, &mut seen, &mut stats, batch_rows,
             )?;

@@ -72,3 +72,24 @@ def test_forged_rows_behind_a_symlinked_hour_fail_verify_and_are_never_reported(
     assert report["source"]["files_read"] == 1
     [skipped] = report["source"]["skipped"]
     assert skipped.startswith("dt=2026-01-01/hour=11: a symbolic link"), skipped
+
+    # A glob would read a linked file (DuckDB's ** does) and stop at a .parquet file outside
+    # the layout (a hive partition mismatch): the report's SQL then names the files it read,
+    # and DuckDB must still agree with it.
+    (data / "dt=2026-01-01" / "hour=10" / "part-linked.parquet").symlink_to(
+        outside / "part-forged.parquet"
+    )
+    (data / "extra.parquet").write_bytes((outside / "part-forged.parquet").read_bytes())
+    code, doc = verify(data, key)
+    assert code == 1, doc
+    assert sorted(f["file"] for f in doc["findings"] if f["kind"] == "not_in_store") == [
+        "dt=2026-01-01/hour=10/part-linked.parquet",
+        "dt=2026-01-01/hour=11",
+        "extra.parquet",
+    ], doc
+    report = check_report_against_duckdb(data, tmp_path / "report-2", span)
+    by_id = {s["id"]: s for s in report["sections"]}
+    assert by_id["access_review"]["records"] == 50
+    assert len(report["source"]["skipped"]) == 3
+    [query] = by_id["access_review"]["queries"]
+    assert f"read_parquet(['{data.resolve() / signed.relative_to(data)}']" in query["text"]
