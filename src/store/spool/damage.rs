@@ -29,9 +29,123 @@ pub const DAMAGED_DIR: &str = "damaged";
 
 /// The first offset after `from` (exclusive) in `buf` where a whole, checksum-valid frame
 /// starts; `None` when no valid frame follows (the damage runs to the end).
+///
+/// Each offset whose length field fits is a candidate whose checksum must be computed over up to
+/// the rest of `buf`; done naively, random garbage of R bytes would cost about R³/2³³ bytes of
+/// CRC (hours for a 64 MiB segment). [`Crcs`] computes a candidate's checksum in time
+/// independent of its length, so a scan costs about one CRC pass plus 1 KiB per candidate.
+/// A candidate is accepted only once `frame::peek` agrees.
 pub(super) fn resync(buf: &[u8], from: usize) -> Option<usize> {
     let last = buf.len().checked_sub(HEADER_LEN)?;
-    ((from + 1)..=last).find(|&at| matches!(frame::peek(&buf[at..]), Peek::Frame { .. }))
+    let mut crcs = Crcs::new(buf);
+    ((from + 1)..=last).find(|&at| {
+        let len = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        if len == 0 || len > frame::MAX_PAYLOAD || len > buf.len() - at - HEADER_LEN {
+            return false;
+        }
+        let want = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
+        crcs.frame(at, len) == want && matches!(frame::peek(&buf[at..]), Peek::Frame { .. })
+    })
+}
+
+/// CRC-32C of any frame of a buffer in about constant time: prefix checksums every [`CHUNK`]
+/// bytes (built lazily, as far as a candidate reaches) and the CRC combination of zlib's
+/// `crc32_combine` (for a CRC whose init equals its final xor, as CRC-32C's do:
+/// `crc(A‖B) = crc(A)·x^(8|B|) mod P ⊕ crc(B)`).
+struct Crcs<'a> {
+    buf: &'a [u8],
+    /// `prefix[j]` = CRC of `buf[..j * CHUNK]`.
+    prefix: Vec<u32>,
+    running: crc::Digest<'static, u32, crc::Table<16>>,
+    /// `x^(2^k) mod P`.
+    x2n: [u32; 32],
+}
+
+const CHUNK: usize = 512;
+/// CRC-32C's polynomial, bit-reflected.
+const POLY: u32 = 0x82F6_3B78;
+
+/// `a·b mod P`, bit-reflected (zlib's `multmodp`).
+fn multmodp(a: u32, mut b: u32) -> u32 {
+    if a == 0 {
+        return 0;
+    }
+    let mut m = 1u32 << 31;
+    let mut p = 0u32;
+    loop {
+        if a & m != 0 {
+            p ^= b;
+            if a & (m - 1) == 0 {
+                return p;
+            }
+        }
+        m >>= 1;
+        b = if b & 1 != 0 { (b >> 1) ^ POLY } else { b >> 1 };
+    }
+}
+
+impl<'a> Crcs<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        let mut x2n = [0u32; 32];
+        x2n[0] = 1 << 30; // x^1
+        for k in 1..32 {
+            x2n[k] = multmodp(x2n[k - 1], x2n[k - 1]);
+        }
+        Crcs {
+            buf,
+            prefix: vec![0],
+            running: frame::CRC.digest(),
+            x2n,
+        }
+    }
+
+    /// The CRC of `c`'s message followed by `n` more bytes, minus their own CRC.
+    fn shift(&self, c: u32, n: usize) -> u32 {
+        // x^(8n) mod P, from the squares.
+        let mut p = 1u32 << 31; // x^0
+        let mut n = n as u64;
+        let mut k = 3;
+        while n != 0 {
+            if n & 1 != 0 {
+                p = multmodp(self.x2n[k & 31], p);
+            }
+            n >>= 1;
+            k += 1;
+        }
+        multmodp(p, c)
+    }
+
+    fn combine(&self, a: u32, b: u32, b_len: usize) -> u32 {
+        self.shift(a, b_len) ^ b
+    }
+
+    /// CRC of `buf[p..q]`.
+    fn range(&mut self, p: usize, q: usize) -> u32 {
+        if q - p <= 2 * CHUNK {
+            return frame::CRC.checksum(&self.buf[p..q]);
+        }
+        let (pc, qc) = (p.div_ceil(CHUNK), q / CHUNK);
+        while self.prefix.len() <= qc {
+            let j = self.prefix.len() - 1;
+            self.running.update(&self.buf[j * CHUNK..(j + 1) * CHUNK]);
+            self.prefix.push(self.running.clone().finalize());
+        }
+        let (pb, qb) = (pc * CHUNK, qc * CHUNK);
+        let left = frame::CRC.checksum(&self.buf[p..pb]);
+        let mid = self.prefix[qc] ^ self.shift(self.prefix[pc], qb - pb);
+        let right = frame::CRC.checksum(&self.buf[qb..q]);
+        let lm = self.combine(left, mid, qb - pb);
+        self.combine(lm, right, q - qb)
+    }
+
+    /// The checksum a frame of payload length `len` at `at` must carry: over its length field
+    /// and payload.
+    fn frame(&mut self, at: usize, len: usize) -> u32 {
+        let head = frame::CRC.checksum(&self.buf[at..at + 4]);
+        let p = at + HEADER_LEN;
+        let payload = self.range(p, p + len);
+        self.combine(head, payload, len)
+    }
 }
 
 /// What lies at each place of a segment's body (the bytes after its header).
@@ -330,6 +444,63 @@ mod tests {
             pieces(&body).last(),
             Some(Piece::Damage { resumes: false, .. })
         ));
+    }
+
+    #[test]
+    fn the_combined_crc_of_any_range_is_the_crc_of_its_bytes() {
+        // A deterministic pseudo-random buffer (xorshift).
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let buf: Vec<u8> = (0..40_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut c = Crcs::new(&buf);
+        for (p, q) in [
+            (0, 0),
+            (0, 1),
+            (3, 1027),
+            (0, 1024),
+            (511, 1537),
+            (512, 2048),
+            (100, 39_999),
+            (7, 40_000),
+            (20_000, 20_000 + 3 * CHUNK + 5),
+        ] {
+            assert_eq!(c.range(p, q), frame::CRC.checksum(&buf[p..q]), "{p}..{q}");
+        }
+        let f = frame_of(500, "big");
+        assert!(f.len() > 4 * CHUNK);
+        let mut c = Crcs::new(&f);
+        let len = f.len() - HEADER_LEN;
+        assert_eq!(
+            c.frame(0, len),
+            u32::from_le_bytes([f[4], f[5], f[6], f[7]])
+        );
+    }
+
+    #[test]
+    fn megabytes_of_random_garbage_are_crossed_to_the_next_frame() {
+        let good = frame_of(50, "after");
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut body: Vec<u8> = (0..(8 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let garbage = body.len();
+        body.extend_from_slice(&good);
+        assert_eq!(resync(&body, 0), Some(garbage));
+        assert_eq!(
+            walk(&body),
+            [(0, garbage, false), (garbage, body.len(), true)]
+        );
     }
 
     #[test]
