@@ -49,28 +49,37 @@ pub(super) fn resync(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// CRC-32C of any frame of a buffer in about constant time: prefix checksums every [`CHUNK`]
-/// bytes (built lazily, as far as a candidate reaches) and the CRC combination of zlib's
-/// `crc32_combine` (for a CRC whose init equals its final xor, as CRC-32C's do:
-/// `crc(A‖B) = crc(A)·x^(8|B|) mod P ⊕ crc(B)`).
+/// bytes (built lazily, as far as a candidate reaches) joined by the CRC combination of zlib's
+/// `crc32_combine`, which holds for a CRC whose init equals its final xor, as CRC-32C's do:
+/// `crc(A‖B) = crc(A)·x^(8|B|) mod P ⊕ crc(B)`. The powers of x are tabled, so a candidate
+/// costs two CRCs of under [`CHUNK`] bytes and three multiplications.
 struct Crcs<'a> {
     buf: &'a [u8],
     /// `prefix[j]` = CRC of `buf[..j * CHUNK]`.
     prefix: Vec<u32>,
     running: crc::Digest<'static, u32, crc::Table<16>>,
-    /// `x^(2^k) mod P`.
-    x2n: [u32; 32],
+    /// `x^(8n) mod P` for `n < CHUNK`.
+    bytes_pow: Vec<u32>,
+    /// `x^(8·CHUNK·m) mod P` for `m < LO`, and for `m = LO·k`, `k < HI`: chunk counts up to
+    /// `LO·HI·CHUNK` bytes (512 MiB, above `frame::MAX_PAYLOAD`).
+    chunks_lo: Vec<u32>,
+    chunks_hi: Vec<u32>,
 }
 
 const CHUNK: usize = 512;
+const LO: usize = 512;
+const HI: usize = 2048;
 /// CRC-32C's polynomial, bit-reflected.
 const POLY: u32 = 0x82F6_3B78;
+/// `x^0`, bit-reflected.
+const ONE: u32 = 1 << 31;
 
 /// `a·b mod P`, bit-reflected (zlib's `multmodp`).
 fn multmodp(a: u32, mut b: u32) -> u32 {
     if a == 0 {
         return 0;
     }
-    let mut m = 1u32 << 31;
+    let mut m = ONE;
     let mut p = 0u32;
     loop {
         if a & m != 0 {
@@ -84,45 +93,47 @@ fn multmodp(a: u32, mut b: u32) -> u32 {
     }
 }
 
+/// `[1, step, step², …]`, `n` of them.
+fn powers(step: u32, n: usize) -> Vec<u32> {
+    let mut v = Vec::with_capacity(n);
+    let mut p = ONE;
+    for _ in 0..n {
+        v.push(p);
+        p = multmodp(step, p);
+    }
+    v
+}
+
 impl<'a> Crcs<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        let mut x2n = [0u32; 32];
-        x2n[0] = 1 << 30; // x^1
-        for k in 1..32 {
-            x2n[k] = multmodp(x2n[k - 1], x2n[k - 1]);
-        }
+        let x8 = (0..3).fold(1u32 << 30, |x, _| multmodp(x, x)); // x^1 squared thrice: x^8
+        let bytes_pow = powers(x8, CHUNK + 1);
+        let chunks_lo = powers(bytes_pow[CHUNK], LO + 1);
+        let chunks_hi = powers(chunks_lo[LO], HI);
         Crcs {
             buf,
             prefix: vec![0],
             running: frame::CRC.digest(),
-            x2n,
+            bytes_pow,
+            chunks_lo,
+            chunks_hi,
         }
     }
 
-    /// The CRC of `c`'s message followed by `n` more bytes, minus their own CRC.
-    fn shift(&self, c: u32, n: usize) -> u32 {
-        // x^(8n) mod P, from the squares.
-        let mut p = 1u32 << 31; // x^0
-        let mut n = n as u64;
-        let mut k = 3;
-        while n != 0 {
-            if n & 1 != 0 {
-                p = multmodp(self.x2n[k & 31], p);
-            }
-            n >>= 1;
-            k += 1;
-        }
-        multmodp(p, c)
+    /// `x^(8·CHUNK·m) mod P`.
+    fn chunks_pow(&self, m: usize) -> u32 {
+        multmodp(self.chunks_lo[m % LO], self.chunks_hi[m / LO])
     }
 
-    fn combine(&self, a: u32, b: u32, b_len: usize) -> u32 {
-        self.shift(a, b_len) ^ b
-    }
-
-    /// CRC of `buf[p..q]`.
-    fn range(&mut self, p: usize, q: usize) -> u32 {
-        if q - p <= 2 * CHUNK {
-            return frame::CRC.checksum(&self.buf[p..q]);
+    /// The checksum a frame of payload length `len` at `at` must carry: over its length field
+    /// and its payload.
+    fn frame(&mut self, at: usize, len: usize) -> u32 {
+        let (p, q) = (at + HEADER_LEN, at + HEADER_LEN + len);
+        let mut d = frame::CRC.digest();
+        d.update(&self.buf[at..at + 4]);
+        if len <= 2 * CHUNK {
+            d.update(&self.buf[p..q]);
+            return d.finalize();
         }
         let (pc, qc) = (p.div_ceil(CHUNK), q / CHUNK);
         while self.prefix.len() <= qc {
@@ -130,21 +141,15 @@ impl<'a> Crcs<'a> {
             self.running.update(&self.buf[j * CHUNK..(j + 1) * CHUNK]);
             self.prefix.push(self.running.clone().finalize());
         }
-        let (pb, qb) = (pc * CHUNK, qc * CHUNK);
-        let left = frame::CRC.checksum(&self.buf[p..pb]);
-        let mid = self.prefix[qc] ^ self.shift(self.prefix[pc], qb - pb);
-        let right = frame::CRC.checksum(&self.buf[qb..q]);
-        let lm = self.combine(left, mid, qb - pb);
-        self.combine(lm, right, q - qb)
-    }
-
-    /// The checksum a frame of payload length `len` at `at` must carry: over its length field
-    /// and payload.
-    fn frame(&mut self, at: usize, len: usize) -> u32 {
-        let head = frame::CRC.checksum(&self.buf[at..at + 4]);
-        let p = at + HEADER_LEN;
-        let payload = self.range(p, p + len);
-        self.combine(head, payload, len)
+        // Length field and the bytes up to the first whole chunk, directly.
+        d.update(&self.buf[p..pc * CHUNK]);
+        let head = d.finalize();
+        // Then the whole chunks, from the prefixes: crc(head‖mid) = (head ⊕ prefix[pc])·x^|mid|
+        // ⊕ prefix[qc].
+        let mid = multmodp(self.chunks_pow(qc - pc), head ^ self.prefix[pc]) ^ self.prefix[qc];
+        // Then the rest, directly.
+        let tail = &self.buf[qc * CHUNK..q];
+        multmodp(self.bytes_pow[tail.len()], mid) ^ frame::CRC.checksum(tail)
     }
 }
 
@@ -447,10 +452,10 @@ mod tests {
     }
 
     #[test]
-    fn the_combined_crc_of_any_range_is_the_crc_of_its_bytes() {
+    fn the_combined_crc_of_any_frame_is_the_crc_of_its_bytes() {
         // A deterministic pseudo-random buffer (xorshift).
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let buf: Vec<u8> = (0..40_000)
+        let buf: Vec<u8> = (0..(600 << 10))
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -458,28 +463,36 @@ mod tests {
                 x as u8
             })
             .collect();
+        let direct = |at: usize, len: usize| {
+            let mut d = frame::CRC.digest();
+            d.update(&buf[at..at + 4]);
+            d.update(&buf[at + HEADER_LEN..at + HEADER_LEN + len]);
+            d.finalize()
+        };
         let mut c = Crcs::new(&buf);
-        for (p, q) in [
-            (0, 0),
+        for (at, len) in [
             (0, 1),
-            (3, 1027),
-            (0, 1024),
-            (511, 1537),
-            (512, 2048),
-            (100, 39_999),
-            (7, 40_000),
-            (20_000, 20_000 + 3 * CHUNK + 5),
+            (3, 1024),
+            (0, 1025),
+            (504, 1024 + 512),
+            (505, 4096),
+            (100, 100_000),
+            (7, buf.len() - 7 - HEADER_LEN),
+            (20_000, 3 * CHUNK + 5),
+            (0, (LO + 3) * CHUNK + 17),
+            (1, 2 * LO * CHUNK + 1),
         ] {
-            assert_eq!(c.range(p, q), frame::CRC.checksum(&buf[p..q]), "{p}..{q}");
+            assert_eq!(c.frame(at, len), direct(at, len), "{at}+{len}");
         }
         let f = frame_of(500, "big");
         assert!(f.len() > 4 * CHUNK);
         let mut c = Crcs::new(&f);
-        let len = f.len() - HEADER_LEN;
         assert_eq!(
-            c.frame(0, len),
+            c.frame(0, f.len() - HEADER_LEN),
             u32::from_le_bytes([f[4], f[5], f[6], f[7]])
         );
+        // The tables reach past the longest frame.
+        assert!(LO * HI * CHUNK > frame::MAX_PAYLOAD);
     }
 
     #[test]
