@@ -808,6 +808,9 @@ fn forge(signed: &Path, out: &Path) {
     write_file(out, &[forged]);
 }
 
+/// Makes one entry of a test case at the given path.
+type Make<'a> = dyn Fn(&Path) + 'a;
+
 #[test]
 fn links_devices_and_files_outside_the_layout_fail_verify_and_are_never_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -837,7 +840,7 @@ fn links_devices_and_files_outside_the_layout_fail_verify_and_are_never_reported
     fs::copy(&forged, day.join("hour=10/part-forged.parquet")).expect("copy");
 
     let day_dir = dir.path().join("dt=2026-03-02");
-    let cases: Vec<(&str, PathBuf, Box<dyn Fn(&Path)>)> = vec![
+    let cases: Vec<(&str, PathBuf, Box<Make<'_>>)> = vec![
         (
             "a symbolic link to the forged dir as an hour dir",
             day_dir.join("hour=11"),

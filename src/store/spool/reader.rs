@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tracing::error;
 use super::damage::{self, Damage, Found};
 use super::frame::{self, Peek, HEADER_LEN};
 use super::{files, lock, Frame, Published, Shared};
+use crate::record::AuditRecord;
 use crate::store::metrics::SinkId;
 
 /// Most encoded bytes one disk read returns.
@@ -202,8 +204,7 @@ fn read_disk(shared: &Shared, sink: SinkId, mut pos: u64, end: u64, max_records:
     };
     while pos < seg_end && records < max_records && bytes < MAX_READ_BYTES {
         match read_frame(&file, seg, pos, seg_end) {
-            Some(recs_len) => {
-                let (recs, flen) = recs_len;
+            Some((recs, flen)) => {
                 let start = pos;
                 pos += flen;
                 records += recs.len();
@@ -225,13 +226,8 @@ fn read_disk(shared: &Shared, sink: SinkId, mut pos: u64, end: u64, max_records:
     Batch { frames, end: pos }
 }
 
-/// The frame at `pos` and its length, if it is whole, checksum-valid and decodes.
-fn read_frame(
-    file: &File,
-    seg: u64,
-    pos: u64,
-    seg_end: u64,
-) -> Option<(Vec<crate::record::AuditRecord>, u64)> {
+/// The records of the frame at `pos` and its length, if it is whole, checksum-valid and decodes.
+fn read_frame(file: &File, seg: u64, pos: u64, seg_end: u64) -> Option<(Vec<AuditRecord>, u64)> {
     let offset = HEADER_LEN as u64 + (pos - seg);
     let mut header = [0u8; HEADER_LEN];
     file.read_exact_at(&mut header, offset).ok()?;
@@ -254,7 +250,7 @@ fn skip_damage(
     shared: &Shared,
     sink: SinkId,
     file: &File,
-    path: &std::path::Path,
+    path: &Path,
     seg: u64,
     pos: u64,
     seg_end: u64,
