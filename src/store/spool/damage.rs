@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
-use tracing::{error, info, warn};
+use tracing::info;
 
 use super::frame::{self, Peek, HEADER_LEN};
 use crate::store::metrics::StoreMetrics;
@@ -291,41 +291,41 @@ pub(super) fn report(spool_dir: &Path, d: &Damage<'_>, metrics: &StoreMetrics) -
     let lost = Lost(records_in(d.bytes));
     metrics.spool_corrupt_frames.fetch_add(1, Relaxed);
     metrics.spool_damaged_bytes.fetch_add(bytes, Relaxed);
+    let found_by = match d.found {
+        Found::Skipped { sink } => sink,
+        Found::TailCut { .. } => "start-up",
+    };
+    // One event per range, its fields the same whatever the level.
+    macro_rules! event {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                found_by,
+                path = %d.segment_path.display(),
+                lsn_start = d.start,
+                lsn_end = d.end,
+                bytes,
+                records_lost = %lost,
+                copy = %saved,
+                $message
+            )
+        };
+    }
     match d.found {
-        Found::Skipped { sink } => error!(
-            sink,
-            path = %d.segment_path.display(),
-            lsn_start = d.start,
-            lsn_end = d.end,
-            bytes,
-            records_lost = %lost,
-            copy = %saved,
+        Found::Skipped { .. } => event!(
+            error,
             "damaged spool bytes below the durable end (disk corruption?): the records in this LSN range are lost; valid frames after it are still delivered"
         ),
-        Found::TailCut { torn: true } => {
-            metrics.spool_truncated_bytes.fetch_add(bytes, Relaxed);
-            warn!(
-                path = %d.segment_path.display(),
-                lsn_start = d.start,
-                lsn_end = d.end,
-                bytes,
-                records_lost = %lost,
-                copy = %saved,
-                "the spool ends in a torn write (a crash while appending): cutting it off. With --spool-fsync always such a frame was never acknowledged; with interval it may have been accepted within the last fsync interval (a power loss)"
-            )
-        }
-        Found::TailCut { torn: false } => {
-            metrics.spool_truncated_bytes.fetch_add(bytes, Relaxed);
-            error!(
-                path = %d.segment_path.display(),
-                lsn_start = d.start,
-                lsn_end = d.end,
-                bytes,
-                records_lost = %lost,
-                copy = %saved,
-                "the spool's last frames are damaged (disk corruption?) with nothing valid after them: cutting them off; the records in this LSN range are lost"
-            )
-        }
+        Found::TailCut { torn: true } => event!(
+            warn,
+            "the spool ends in a torn write (a crash while appending): cutting it off. With --spool-fsync always such a frame was never acknowledged; with interval it may have been accepted within the last fsync interval (a power loss)"
+        ),
+        Found::TailCut { torn: false } => event!(
+            error,
+            "the spool's last frames are damaged (disk corruption?) with nothing valid after them: cutting them off; the records in this LSN range are lost"
+        ),
+    }
+    if let Found::TailCut { .. } = d.found {
+        metrics.spool_truncated_bytes.fetch_add(bytes, Relaxed);
     }
     true
 }
@@ -551,211 +551,5 @@ mod tests {
             name.starts_with(&format!("lsn-{:020}-{:020}-", 100, 100 + bytes.len())),
             "{name}"
         );
-    }
-}
-
-/// Damage in real segment files, read back through the spool: at the head, middle and tail of
-/// segments, across a segment boundary, and at the end of the log.
-#[cfg(test)]
-mod spool_tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::record::AuditRecord;
-    use crate::store::metrics::SinkId;
-    use crate::store::spool::{files, FsyncMode, Next, SinkReader, Spool, SpoolConfig};
-
-    fn rec(id: u32) -> AuditRecord {
-        AuditRecord {
-            record_id: format!("{id:032x}"),
-            received_at: 1,
-            user_agent: Some("x".repeat(100)),
-            ..Default::default()
-        }
-    }
-
-    fn cfg(dir: &Path) -> SpoolConfig {
-        SpoolConfig {
-            dir: dir.to_path_buf(),
-            max_bytes: 1 << 30,
-            // About seven frames of four records per segment.
-            segment_bytes: 4 << 10,
-            fsync: FsyncMode::Always,
-            queue_batches: 1,
-            sinks: vec![SinkId::Parquet, SinkId::Postgres],
-        }
-    }
-
-    /// One frame on disk: its segment file, byte offset in it, length, and record ids.
-    #[derive(Debug, Clone)]
-    struct OnDisk {
-        file: PathBuf,
-        offset: usize,
-        len: usize,
-        ids: Vec<String>,
-        last_in_segment: bool,
-    }
-
-    fn frames_on_disk(dir: &Path) -> Vec<OnDisk> {
-        let mut segs: Vec<PathBuf> = fs::read_dir(dir)
-            .expect("dir")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("seg-"))
-            })
-            .collect();
-        segs.sort();
-        let mut out = Vec::new();
-        for file in segs {
-            let buf = fs::read(&file).expect("segment");
-            let mut here: Vec<OnDisk> = pieces(&buf[HEADER_LEN..])
-                .map(|p| match p {
-                    Piece::Frame { at, len, payload } => OnDisk {
-                        file: file.clone(),
-                        offset: HEADER_LEN + at,
-                        len,
-                        ids: frame::decode(payload)
-                            .expect("decodes")
-                            .into_iter()
-                            .map(|r| r.record_id)
-                            .collect(),
-                        last_in_segment: false,
-                    },
-                    other => panic!("undamaged spool has {other:?}"),
-                })
-                .collect();
-            if let Some(l) = here.last_mut() {
-                l.last_in_segment = true;
-            }
-            out.extend(here);
-        }
-        out
-    }
-
-    fn flip(f: &OnDisk, at: usize) {
-        let mut buf = fs::read(&f.file).expect("read");
-        buf[f.offset + at] ^= 0x04;
-        fs::write(&f.file, buf).expect("write");
-    }
-
-    async fn read_all(r: &mut SinkReader) -> Vec<String> {
-        let mut ids = vec![];
-        loop {
-            match r.next(1000, Duration::from_millis(50)).await {
-                Next::Batch(b) => ids.extend(
-                    b.frames
-                        .iter()
-                        .flat_map(|f| f.records.iter().map(|r| r.record_id.clone())),
-                ),
-                Next::Idle | Next::Closed => return ids,
-            }
-        }
-    }
-
-    async fn close(s: Spool) {
-        tokio::task::spawn_blocking(move || s.shutdown())
-            .await
-            .expect("shutdown");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn damage_anywhere_loses_only_the_damaged_frames_for_every_sink() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = Arc::new(StoreMetrics::default());
-        let rt = tokio::runtime::Handle::current();
-        let (s, a) = Spool::open(cfg(dir.path()), Arc::clone(&m), rt.clone()).expect("open");
-        for i in 0..40 {
-            a.send((4 * i..4 * i + 4).map(rec).collect())
-                .await
-                .expect("accepted");
-        }
-        drop(a);
-        close(s).await;
-        let frames = frames_on_disk(dir.path());
-        assert_eq!(frames.len(), 40);
-        let segments: Vec<&PathBuf> = {
-            let mut v: Vec<&PathBuf> = frames.iter().map(|f| &f.file).collect();
-            v.dedup();
-            v
-        };
-        assert!(segments.len() >= 5, "{} segments", segments.len());
-        let in_seg = |k: usize| -> Vec<usize> {
-            (0..frames.len())
-                .filter(|&i| &frames[i].file == segments[k])
-                .collect()
-        };
-        let (s1, s2, s3) = (in_seg(1), in_seg(2), in_seg(3));
-        assert!(s1.len() >= 5 && s2.len() >= 3);
-        let damaged = [
-            s1[0],                   // head of a segment, in the payload
-            s1[3],                   // middle of a segment, in the length field
-            *s2.last().expect("s2"), // tail of a segment...
-            s3[0],                   // ...and the head of the next: across the boundary
-            frames.len() - 1,        // the end of the log: cut at start-up
-        ];
-        flip(&frames[s1[0]], 40);
-        flip(&frames[s1[3]], 1);
-        flip(
-            &frames[*s2.last().expect("s2")],
-            frames[*s2.last().expect("s2")].len - 1,
-        );
-        flip(&frames[s3[0]], 9);
-        flip(&frames[frames.len() - 1], 20);
-        let want: Vec<String> = frames
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !damaged.contains(i))
-            .flat_map(|(_, f)| f.ids.clone())
-            .collect();
-        assert_eq!(want.len(), 4 * 35);
-
-        let (s, a) = Spool::open(cfg(dir.path()), Arc::clone(&m), rt.clone()).expect("reopen");
-        // The last frame had nothing valid after it: cut and reported at start-up.
-        let last = &frames[frames.len() - 1];
-        assert_eq!(
-            fs::metadata(&last.file).expect("meta").len(),
-            last.offset as u64
-        );
-        assert_eq!(m.spool_truncated_bytes.load(Relaxed), last.len as u64);
-        a.send(vec![rec(9999)]).await.expect("appends go on");
-        let mut want_after = want.clone();
-        want_after.push(rec(9999).record_id);
-        for sink in [SinkId::Parquet, SinkId::Postgres] {
-            let mut r = s.reader(sink).expect("reader");
-            assert_eq!(read_all(&mut r).await, want_after, "{sink:?}");
-        }
-        // Five ranges, each reported once although two sinks read past them.
-        assert_eq!(m.spool_corrupt_frames.load(Relaxed), 5);
-        let damaged_bytes: u64 = damaged.iter().map(|&i| frames[i].len as u64).sum();
-        assert_eq!(m.spool_damaged_bytes.load(Relaxed), damaged_bytes);
-        let copies = fs::read_dir(dir.path().join(DAMAGED_DIR))
-            .expect("damaged dir")
-            .count();
-        assert_eq!(copies, 5);
-        // No segment that still held valid frames was cut.
-        for (i, f) in frames.iter().enumerate() {
-            if i != frames.len() - 1 {
-                assert!(fs::metadata(&f.file).expect("meta").len() >= (f.offset + f.len) as u64);
-            }
-        }
-        drop(a);
-        close(s).await;
-
-        // After a restart nothing is reported again (the copies are there), and read_spooled
-        // agrees.
-        let (s, a) = Spool::open(cfg(dir.path()), Arc::clone(&m), rt).expect("reopen");
-        let mut r = s.reader(SinkId::Parquet).expect("reader");
-        assert_eq!(read_all(&mut r).await, want_after);
-        assert_eq!(m.spool_corrupt_frames.load(Relaxed), 5);
-        drop(a);
-        close(s).await;
-        let spooled: Vec<String> = files::read_spooled(dir.path())
-            .expect("read_spooled")
-            .into_iter()
-            .map(|r| r.record_id)
-            .collect();
-        assert_eq!(spooled, want_after);
     }
 }
