@@ -115,14 +115,16 @@ impl Inventory {
     }
 }
 
-/// Where an entry sits in the layout, which decides what it may be.
-#[derive(Clone, Copy)]
+/// Where a directory sits in the layout, which decides what its entries may be.
 enum Level {
     Root,
+    /// A `dt=` directory: midnight, µs.
     Day(i64),
-    Hour,
+    /// An `hour=` directory: the start of its hour, µs.
+    Hour(i64),
     Digests,
-    Chain,
+    /// `_digests/<instance>/`.
+    Chain(String),
     /// Anywhere else: only strays are looked for.
     Other,
 }
@@ -190,20 +192,15 @@ impl Walk<'_> {
         ft.is_dir() || ft.is_file()
     }
 
-    fn dir(&mut self, dir: &Path, level: Level) {
-        let entries = match fs::read_dir(dir) {
-            Ok(rd) => rd.collect::<Result<Vec<_>, _>>(),
-            Err(e) => Err(e),
-        };
+    /// Lists one directory: its subdirectories go on `stack` (an explicit stack, so no depth
+    /// of nesting can exhaust the thread's stack), its files into the inventory.
+    fn dir(&mut self, dir: PathBuf, level: Level, stack: &mut Vec<(PathBuf, Level)>) {
+        let entries = fs::read_dir(&dir).and_then(|rd| rd.collect::<Result<Vec<_>, _>>());
         let mut entries = match entries {
             Ok(e) => e,
             Err(e) => {
-                self.stray(
-                    dir,
-                    StrayKind::Unreadable {
-                        error: e.to_string(),
-                    },
-                );
+                let error = e.to_string();
+                self.stray(&dir, StrayKind::Unreadable { error });
                 return;
             }
         };
@@ -215,12 +212,8 @@ impl Walk<'_> {
             let ft = match e.file_type() {
                 Ok(ft) => ft,
                 Err(err) => {
-                    self.stray(
-                        &p,
-                        StrayKind::Unreadable {
-                            error: err.to_string(),
-                        },
-                    );
+                    let error = err.to_string();
+                    self.stray(&p, StrayKind::Unreadable { error });
                     continue;
                 }
             };
@@ -233,37 +226,21 @@ impl Walk<'_> {
                 let next = match level {
                     Level::Root if name == DIGESTS_DIR => Level::Digests,
                     Level::Root => day_of(name).map_or(Level::Other, Level::Day),
-                    Level::Day(midnight) => match hour_of(name) {
-                        Some(h) => {
-                            self.inv.hours.push(HourDir {
-                                start_us: midnight + h * HOUR_MICROS,
-                                path: p.clone(),
-                                files: Vec::new(),
-                            });
-                            Level::Hour
-                        }
-                        None => Level::Other,
-                    },
-                    Level::Digests => {
-                        self.inv.chains.push(ChainDir {
-                            instance: name.to_owned(),
-                            path: p.clone(),
-                            digests: Vec::new(),
-                        });
-                        Level::Chain
-                    }
+                    Level::Day(midnight) => hour_of(name)
+                        .map_or(Level::Other, |h| Level::Hour(midnight + h * HOUR_MICROS)),
+                    Level::Digests => Level::Chain(name.to_owned()),
                     _ => Level::Other,
                 };
-                self.dir(&p, next);
+                stack.push((p, next));
                 continue;
             }
             // A regular file.
             match level {
-                Level::Hour if is_parquet(&p) => files.push(DataFile {
+                Level::Hour(_) if is_parquet(&p) => files.push(DataFile {
                     rel: relative(self.root, &p),
                     path: p,
                 }),
-                Level::Chain => {
+                Level::Chain(_) => {
                     if let Some(seq) = seq_of_name(name) {
                         digests.push((seq, p));
                     }
@@ -272,18 +249,19 @@ impl Walk<'_> {
                 _ => {}
             }
         }
-        // The directory's own entry was pushed by the caller just before descending.
         match level {
-            Level::Hour => {
-                if let Some(h) = self.inv.hours.iter_mut().rfind(|h| h.path == dir) {
-                    h.files = files;
-                }
-            }
-            Level::Chain => {
-                if let Some(c) = self.inv.chains.iter_mut().rfind(|c| c.path == dir) {
-                    digests.sort_by_key(|(seq, _)| *seq);
-                    c.digests = digests;
-                }
+            Level::Hour(start_us) => self.inv.hours.push(HourDir {
+                start_us,
+                path: dir,
+                files,
+            }),
+            Level::Chain(instance) => {
+                digests.sort_by_key(|(seq, _)| *seq);
+                self.inv.chains.push(ChainDir {
+                    instance,
+                    path: dir,
+                    digests,
+                });
             }
             _ => {}
         }
@@ -298,9 +276,13 @@ pub fn scan(data_dir: &Path) -> std::io::Result<Inventory> {
         root: data_dir,
         inv: Inventory::default(),
     };
-    w.dir(data_dir, Level::Root);
+    let mut stack = vec![(data_dir.to_path_buf(), Level::Root)];
+    while let Some((dir, level)) = stack.pop() {
+        w.dir(dir, level, &mut stack);
+    }
     let mut inv = w.inv;
     inv.hours.sort_by_key(|h| h.start_us);
+    inv.chains.sort_by(|a, b| a.instance.cmp(&b.instance));
     inv.strays.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(inv)
 }
@@ -412,6 +394,22 @@ mod tests {
             ]
         );
         assert!(inv.strays.iter().all(|s| !s.describe().is_empty()));
+    }
+
+    #[test]
+    fn deep_nesting_is_walked_without_recursion() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A thousand levels (each costs two bytes of PATH_MAX).
+        let mut deep = tmp.path().to_path_buf();
+        for _ in 0..1000 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).expect("mkdir");
+        touch(&deep.join("x.parquet"));
+        let inv = scan(tmp.path()).expect("scan");
+        assert_eq!(inv.strays.len(), 1);
+        assert_eq!(inv.strays[0].kind, StrayKind::OutsideLayout);
+        assert!(inv.strays[0].rel.ends_with("/d/x.parquet"));
     }
 
     #[test]
