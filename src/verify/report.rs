@@ -308,3 +308,75 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(digests: u64, records: u64, data_files: Option<u64>) -> Option<SinkSummary> {
+        Some(SinkSummary {
+            digests,
+            records,
+            data_files,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_verdict_and_its_exit_status() {
+        let finding = || Finding::new(FindingKind::FileUnsigned, "parquet", "x");
+        // (parquet, postgres, findings) → verdict
+        let cases = [
+            (sink(0, 0, Some(0)), None, false, Verdict::Empty),
+            (None, sink(0, 0, None), false, Verdict::Empty),
+            (sink(0, 0, Some(0)), sink(0, 0, None), false, Verdict::Empty),
+            (sink(2, 10, Some(2)), None, false, Verdict::Ok),
+            (sink(2, 10, Some(2)), None, true, Verdict::Failed),
+            // Digests but no records left: the findings say what is missing.
+            (sink(2, 0, Some(0)), None, true, Verdict::Failed),
+            // Records, no digest at all: nothing could be checked, findings or not.
+            (sink(0, 0, Some(3)), None, true, Verdict::NothingToVerify),
+            (None, sink(0, 10, None), true, Verdict::NothingToVerify),
+            (
+                sink(2, 10, Some(2)),
+                sink(0, 10, None),
+                true,
+                Verdict::NothingToVerify,
+            ),
+            // Only strays (findings), nothing stored: a failure, not an empty store.
+            (sink(0, 0, Some(0)), None, true, Verdict::Failed),
+        ];
+        for (i, (parquet, postgres, found, want)) in cases.into_iter().enumerate() {
+            let mut r = Report {
+                parquet,
+                postgres,
+                ..Default::default()
+            };
+            if found {
+                r.push(finding());
+            }
+            r.conclude();
+            assert_eq!(r.verdict, want, "case {i}");
+            assert_eq!(r.ok, want.exit_code() == 0, "case {i}");
+            let text = r.human();
+            let line = text.lines().last().unwrap_or("");
+            let expect = match want {
+                Verdict::Ok => "meshaudit verify: OK: every record",
+                Verdict::Empty => "meshaudit verify: OK: the store is empty",
+                Verdict::Failed => "meshaudit verify: FAILED",
+                Verdict::NothingToVerify => "meshaudit verify: NOTHING TO VERIFY",
+            };
+            assert!(line.starts_with(expect), "case {i}: {line}");
+        }
+        assert_eq!(
+            [
+                Verdict::Ok,
+                Verdict::Empty,
+                Verdict::Failed,
+                Verdict::NothingToVerify
+            ]
+            .map(Verdict::exit_code),
+            [0, 0, 1, 2]
+        );
+    }
+}
