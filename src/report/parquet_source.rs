@@ -17,7 +17,6 @@
 //!   in any time range: the range is on `start_time`, as in SQL where NULL never compares.)
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::Path;
 
 use arrow_array::cast::AsArray;
@@ -31,7 +30,7 @@ use tracing::warn;
 use super::eval::Evaluator;
 use super::time::TimeRange;
 use super::ReportError;
-use crate::store::layout::{self, HourDir};
+use crate::store::layout::{self, DataFile, HourDir};
 
 /// What was read, for the report's account of its evidence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,7 +108,7 @@ pub fn scan(
             stats.files_read += 1;
             stats.read.push(file.rel.clone());
             scan_file(
-                &file.path, &wanted, range, eval, &mut seen, &mut stats, batch_rows,
+                file, &wanted, range, eval, &mut seen, &mut stats, batch_rows,
             )?;
         }
     }
@@ -117,7 +116,7 @@ pub fn scan(
 }
 
 fn scan_file(
-    path: &Path,
+    data_file: &DataFile,
     wanted: &[&str],
     range: &TimeRange,
     eval: &mut Evaluator,
@@ -125,11 +124,12 @@ fn scan_file(
     stats: &mut ScanStats,
     batch_rows: usize,
 ) -> Result<(), ReportError> {
+    let path = data_file.path.as_path();
     let bad = |what: String| ReportError::ParquetFile {
         path: path.to_path_buf(),
         reason: what,
     };
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file = data_file.open().map_err(|e| io_err(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
     let schema = builder.schema().clone();
     let mut roots = Vec::with_capacity(wanted.len());

@@ -17,8 +17,8 @@
 //! file anywhere outside the layout, a directory that cannot be read. `verify` reports every
 //! stray as a finding; a report never reads one and says how many it skipped.
 
-use std::fs::{self, FileType};
-use std::os::unix::fs::FileTypeExt;
+use std::fs::{self, File, FileType};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -47,6 +47,23 @@ pub struct DataFile {
     /// Relative to the data dir, `/`-separated (how digests name their file).
     pub rel: String,
     pub path: PathBuf,
+    /// Device and inode of the regular file listed.
+    id: (u64, u64),
+}
+
+impl DataFile {
+    /// Opens the file listed, and only it: if the path was replaced since it was listed (by a
+    /// link, or another file), this fails rather than read what is there now.
+    pub fn open(&self) -> std::io::Result<File> {
+        let f = File::open(&self.path)?;
+        let m = f.metadata()?;
+        if !m.is_file() || (m.dev(), m.ino()) != self.id {
+            return Err(std::io::Error::other(
+                "the file was replaced after the data dir was listed (by a link or another file)",
+            ));
+        }
+        Ok(f)
+    }
 }
 
 /// One instance's digest directory: `_digests/<instance>/`.
@@ -67,7 +84,8 @@ pub enum StrayKind {
     Special,
     /// A `.parquet` file outside `dt=YYYY-MM-DD/hour=HH/`.
     OutsideLayout,
-    /// A directory that could not be listed.
+    /// A directory that could not be listed, or an entry whose type or metadata could not be
+    /// read.
     Unreadable { error: String },
 }
 
@@ -92,7 +110,7 @@ impl Stray {
                 "a .parquet file outside the dt=YYYY-MM-DD/hour=HH/ layout; no report reads it"
                     .to_owned()
             }
-            StrayKind::Unreadable { error } => format!("a directory that cannot be read: {error}"),
+            StrayKind::Unreadable { error } => format!("cannot be read: {error}"),
         }
     }
 }
@@ -236,10 +254,18 @@ impl Walk<'_> {
             }
             // A regular file.
             match level {
-                Level::Hour(_) if is_parquet(&p) => files.push(DataFile {
-                    rel: relative(self.root, &p),
-                    path: p,
-                }),
+                Level::Hour(_) if is_parquet(&p) => match e.metadata() {
+                    // The entry's own metadata (lstat): the file listed, not a link's target.
+                    Ok(m) => files.push(DataFile {
+                        rel: relative(self.root, &p),
+                        path: p,
+                        id: (m.dev(), m.ino()),
+                    }),
+                    Err(err) => {
+                        let error = err.to_string();
+                        self.stray(&p, StrayKind::Unreadable { error });
+                    }
+                },
                 Level::Chain(_) => {
                     if let Some(seq) = seq_of_name(name) {
                         digests.push((seq, p));
@@ -394,6 +420,29 @@ mod tests {
             ]
         );
         assert!(inv.strays.iter().all(|s| !s.describe().is_empty()));
+    }
+
+    #[test]
+    fn a_data_file_replaced_after_listing_is_not_opened() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("data");
+        let file = root.join("dt=2026-01-01/hour=10/part-a.parquet");
+        touch(&file);
+        touch(&tmp.path().join("forged.parquet"));
+        let inv = scan(&root).expect("scan");
+        let listed = inv.data_files().next().expect("one file").clone();
+        assert!(listed.open().is_ok());
+        // The listed file is kept (renamed away), so its inode cannot be reused.
+        fs::rename(&file, tmp.path().join("kept")).expect("rename");
+        symlink(tmp.path().join("forged.parquet"), &file).expect("link");
+        let err = listed.open().expect_err("a link now");
+        assert!(err.to_string().contains("replaced"), "{err}");
+        fs::remove_file(&file).expect("remove");
+        fs::copy(tmp.path().join("forged.parquet"), &file).expect("copy");
+        assert!(listed.open().is_err(), "another file now");
+        fs::remove_file(&file).expect("remove");
+        fs::rename(tmp.path().join("kept"), &file).expect("rename back");
+        assert!(listed.open().is_ok(), "the listed file again");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! is not part of the store (a link, a device, a `.parquet` file outside the layout) is
 //! `not_in_store`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::Path;
 
 use arrow_array::cast::AsArray;
@@ -22,7 +22,7 @@ use crate::store::digest::canonical::{sha256, Encoder, Hash, RecordsHasher};
 use crate::store::digest::files::read_digest;
 use crate::store::digest::key::PublicKey;
 use crate::store::digest::statement::{DigestKind, SinkKind, Statement, TAG_BYTES};
-use crate::store::layout::{self, relative};
+use crate::store::layout::{self, relative, DataFile};
 
 const SINK: &str = "parquet";
 
@@ -210,13 +210,14 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
             );
         }
     }
-    let files: Vec<String> = inventory.data_files().map(|f| f.rel.clone()).collect();
-    let present: HashSet<&str> = files.iter().map(String::as_str).collect();
+    let present: HashMap<&str, &DataFile> = inventory
+        .data_files()
+        .map(|f| (f.rel.as_str(), f))
+        .collect();
     let mut enc = Encoder::new();
     for d in &digests {
-        let path = data_dir.join(&d.st.object);
         // Only files found under the data dir are read: a digest cannot point verify elsewhere.
-        if !present.contains(d.st.object.as_str()) {
+        let Some(file) = present.get(d.st.object.as_str()) else {
             report.push(
                 Finding::new(
                     FindingKind::FileMissing,
@@ -235,11 +236,11 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
                 .digest(&d.st.instance_id, d.st.seq),
             );
             continue;
-        }
+        };
         summary.files = summary.files.map(|n| n + 1);
-        summary.records += check_file(&path, d, &mut enc, report);
+        summary.records += check_file(file, d, &mut enc, report);
     }
-    for f in &files {
+    for f in inventory.data_files().map(|f| &f.rel) {
         if !by_object.contains_key(f.as_str()) {
             report.push(
                 Finding::new(
@@ -255,22 +256,17 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
 }
 
 /// Checks one file against its digest; returns the rows read.
-fn check_file(path: &Path, d: &FileDigest, enc: &mut Encoder, report: &mut Report) -> u64 {
+fn check_file(file: &DataFile, d: &FileDigest, enc: &mut Encoder, report: &mut Report) -> u64 {
     let st = &d.st;
     let finding = |kind, detail: String| {
         Finding::new(kind, SINK, detail)
             .file(st.object.clone())
             .digest(&st.instance_id, st.seq)
     };
-    if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
-        report.push(finding(
-            FindingKind::FileModified,
-            "not a regular file (a symbolic link?): the signed file was replaced".into(),
-        ));
-        return 0;
-    }
-    let bytes = match fs::read(path) {
-        Ok(b) => Bytes::from(b),
+    let mut buf = Vec::new();
+    let read = file.open().and_then(|mut f| f.read_to_end(&mut buf));
+    let bytes = match read {
+        Ok(_) => Bytes::from(buf),
         Err(e) => {
             report.push(finding(FindingKind::FileUnreadable, e.to_string()));
             return 0;
