@@ -40,7 +40,7 @@ enum Command {
     Report(meshaudit::report::ReportOptions),
     /// Check stored records against their signed digests: reports every record or file
     /// modified, deleted, inserted or reordered, broken chains and bad signatures. Exit 0: all
-    /// verified; 1: findings; 2: could not verify.
+    /// verified (or an empty store); 1: findings; 2: could not verify, or nothing to verify.
     Verify(meshaudit::verify::VerifyOptions),
     /// Print the public key of the digest signing key (PEM), for `meshaudit verify --public-key`.
     PublicKey {
@@ -115,8 +115,9 @@ fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", report.human());
             }
-            if !report.ok {
-                std::process::exit(1);
+            let code = report.verdict.exit_code();
+            if code != 0 {
+                std::process::exit(code);
             }
         }
         Command::PublicKey {

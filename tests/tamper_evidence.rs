@@ -99,8 +99,20 @@ impl std::fmt::Debug for Verified {
     }
 }
 
-/// Runs `meshaudit verify` twice, as text and as JSON; both must exit alike.
+/// Runs `meshaudit verify` twice, as text and as JSON; both must exit alike, with 0 or 1.
 fn verify(storage: &[&str], key: &Path) -> Verified {
+    let v = run_verify(storage, key);
+    assert!(
+        v.code == 0 || v.code == 1,
+        "verify could not run (exit {}):\n{}",
+        v.code,
+        v.text
+    );
+    v
+}
+
+/// [`verify`], whatever the exit status.
+fn run_verify(storage: &[&str], key: &Path) -> Verified {
     let mut args = vec!["verify"];
     args.extend_from_slice(storage);
     args.extend_from_slice(&["--public-key", key.to_str().expect("utf8")]);
@@ -110,10 +122,6 @@ fn verify(storage: &[&str], key: &Path) -> Verified {
     assert_eq!(
         code, jcode,
         "text and JSON runs disagree:\n{text}{err}\n{json}{jerr}"
-    );
-    assert!(
-        code == 0 || code == 1,
-        "verify could not run (exit {code}):\n{text}{err}"
     );
     let json: Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}):\n{json}{jerr}"));
@@ -738,5 +746,267 @@ fn replicas_sharing_a_database_and_a_data_dir_keep_one_chain_each() {
     assert_eq!(
         v.json["postgres"]["records"], 40,
         "each shared entry is stored once"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports and verify read the same files (issue 15): links, devices and files outside the
+// layout are findings, and never counted by a report.
+
+/// `meshaudit report` over the Parquet files of 2026-03-02: (records in access_review, the
+/// report's warnings, report.json's `source.skipped`).
+fn report_counts(data_dir: &Path, out: &Path) -> (u64, Vec<String>, Vec<String>) {
+    let (code, stdout, err) = meshaudit(&[
+        "report",
+        "--from",
+        "2026-03-02",
+        "--to",
+        "2026-03-04",
+        "--data-dir",
+        data_dir.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let summary: Value = serde_json::from_str(&stdout).expect("summary JSON");
+    let records = summary["sections"]
+        .as_array()
+        .expect("sections")
+        .iter()
+        .find(|s| s["id"] == "access_review")
+        .and_then(|s| s["records"].as_u64())
+        .expect("access_review records");
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let doc: Value =
+        serde_json::from_str(&fs::read_to_string(out.join("report.json")).expect("report.json"))
+            .expect("report JSON");
+    (
+        records,
+        strings(&summary["warnings"]),
+        strings(&doc["source"]["skipped"]),
+    )
+}
+
+/// The signed file's rows with new record ids and decision `allow`, written to `out`.
+fn forge(signed: &Path, out: &Path) {
+    let batch = only_batch(signed);
+    let mut forged = batch.clone();
+    for row in 0..batch.num_rows() {
+        forged = with_value(&forged, "record_id", row, &format!("{:032x}", 0xF0F0 + row));
+        forged = with_value(&forged, "decision", row, "allow");
+    }
+    write_file(out, &[forged]);
+}
+
+/// Makes one entry of a test case at the given path.
+type Make<'a> = dyn Fn(&Path) + 'a;
+
+#[test]
+fn links_devices_and_files_outside_the_layout_fail_verify_and_are_never_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(dir.path(), &[]);
+    send(&c, vec![http_stream(0, 1, 50)]);
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+    let files = parquet_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let signed = &files[0];
+    assert!(rel(dir.path(), signed).starts_with("dt=2026-03-02/hour=10/"));
+    let key = public_key(dir.path(), keys.path());
+    let data = ["--data-dir", dir.path().to_str().expect("utf8")];
+    let v = verify(&data, &key);
+    assert_ok(&v);
+    let reports = tempfile::tempdir().expect("tempdir");
+    let (n, warnings, skipped) = report_counts(dir.path(), &reports.path().join("clean"));
+    assert_eq!((n, warnings.len(), skipped.len()), (50, 0, 0));
+
+    // 50 forged rows outside the data dir, and a day dir of them.
+    let forged = outside.path().join("part-forged.parquet");
+    forge(signed, &forged);
+    let day = outside.path().join("day");
+    fs::create_dir_all(day.join("hour=10")).expect("mkdir");
+    fs::copy(&forged, day.join("hour=10/part-forged.parquet")).expect("copy");
+
+    let day_dir = dir.path().join("dt=2026-03-02");
+    let cases: Vec<(&str, PathBuf, Box<Make<'_>>)> = vec![
+        (
+            "a symbolic link to the forged dir as an hour dir",
+            day_dir.join("hour=11"),
+            Box::new(|p: &Path| std::os::unix::fs::symlink(outside.path(), p).expect("link")),
+        ),
+        (
+            "a symbolic link to a forged day dir",
+            dir.path().join("dt=2026-03-03"),
+            Box::new(|p: &Path| std::os::unix::fs::symlink(&day, p).expect("link")),
+        ),
+        (
+            "a linked file in a real hour dir",
+            day_dir.join("hour=10/part-linked.parquet"),
+            Box::new(|p: &Path| std::os::unix::fs::symlink(&forged, p).expect("link")),
+        ),
+        (
+            "a .parquet file in a day dir, outside any hour dir",
+            day_dir.join("part-loose.parquet"),
+            Box::new(|p: &Path| {
+                fs::copy(&forged, p).expect("copy");
+            }),
+        ),
+        (
+            "a .parquet file at the top of the data dir",
+            dir.path().join("part-top.parquet"),
+            Box::new(|p: &Path| {
+                fs::copy(&forged, p).expect("copy");
+            }),
+        ),
+        (
+            "a FIFO named like a data file",
+            day_dir.join("hour=10/part-fifo.parquet"),
+            Box::new(|p: &Path| {
+                let ok = Command::new("mkfifo").arg(p).status().expect("mkfifo");
+                assert!(ok.success());
+            }),
+        ),
+    ];
+    for (i, (what, path, make)) in cases.iter().enumerate() {
+        make(path);
+        let name = rel(dir.path(), path);
+        let v = verify(&data, &key);
+        assert_found(&v, "not_in_store", &name, |f| f["file"] == name.as_str());
+        assert_eq!(v.kinds(), ["not_in_store"], "{what}: {v:?}");
+        assert_eq!(v.json["parquet"]["records"], 50, "{what}: {v:?}");
+        let (n, warnings, skipped) = report_counts(dir.path(), &reports.path().join(i.to_string()));
+        assert_eq!(n, 50, "{what}: the report counted forged rows");
+        assert_eq!(warnings.len(), 1, "{what}: {warnings:?}");
+        assert!(warnings[0].contains(&name), "{what}: {warnings:?}");
+        assert_eq!(skipped.len(), 1, "{what}: {skipped:?}");
+        assert!(
+            skipped[0].starts_with(&format!("{name}: ")),
+            "{what}: {skipped:?}"
+        );
+        fs::remove_file(path).expect("remove");
+        assert_ok(&verify(&data, &key));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing to verify (issue 15): records without a single digest exit 2; an empty store is a
+// clean exit 0 that says it is empty; every chain's head is printed.
+
+#[test]
+fn an_empty_store_is_clean_and_records_without_digests_are_nothing_to_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = other_key(keys.path());
+    let data = ["--data-dir", dir.path().to_str().expect("utf8")];
+
+    let v = run_verify(&data, &key);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json["verdict"], "empty", "{v:?}");
+    assert!(
+        v.text.contains("meshaudit verify: OK: the store is empty"),
+        "{v:?}"
+    );
+
+    // Two runs: a chain of two digests; its head is printed in text and JSON.
+    for base in [0, 100] {
+        let c = Collector::start(dir.path(), &[]);
+        send(&c, vec![http_stream(base, 1, 10)]);
+        let (status, out) = c.stop();
+        assert!(status.success(), "exit {status}:\n{out}");
+    }
+    let key = public_key(dir.path(), keys.path());
+    let v = verify(&data, &key);
+    assert_ok(&v);
+    assert_eq!(v.json["verdict"], "ok");
+    let chains = v.json["chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 1, "{v:?}");
+    let head = &chains[0]["head"];
+    let instance = head["instance_id"].as_str().expect("instance");
+    assert_eq!(head["seq"], 2, "{v:?}");
+    let digest2: Value = serde_json::from_str(
+        &fs::read_to_string(
+            dir.path()
+                .join("_digests")
+                .join(instance)
+                .join(format!("{:020}.json", 2)),
+        )
+        .expect("digest 2"),
+    )
+    .expect("json");
+    assert_eq!(head["created_at"], digest2["created_at"], "{v:?}");
+    let created = head["created_at"].as_str().expect("created_at");
+    let sha = head["digest_sha256"].as_str().expect("sha");
+    assert_eq!(sha.len(), 64);
+    assert!(
+        v.text.contains(&format!(
+            "head: instance {instance} seq 2 at {created} sha256 {sha}"
+        )),
+        "{v:?}"
+    );
+
+    // Every digest gone: the records are there, nothing can be checked.
+    fs::remove_dir_all(dir.path().join("_digests")).expect("remove digests");
+    let v = run_verify(&data, &key);
+    assert_eq!(v.code, 2, "{v:?}");
+    assert_eq!(v.json["verdict"], "nothing_to_verify", "{v:?}");
+    assert_eq!(v.json["ok"], false);
+    assert!(
+        v.text.contains("meshaudit verify: NOTHING TO VERIFY")
+            && v.text.contains("2 Parquet files"),
+        "{v:?}"
+    );
+    assert_eq!(v.of("file_unsigned").len(), 2, "{v:?}");
+}
+
+#[test]
+fn rows_in_postgres_without_a_digest_are_nothing_to_verify() {
+    let pg = PgCluster::start();
+    let url = pg.create_db("nodigest");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(
+        dir.path(),
+        &["--database-url", url.as_str(), "--migrate-on-start"],
+    );
+    send(&c, vec![http_stream(0, 2, 5)]);
+    wait_for("10 rows in postgres", Duration::from_secs(30), || {
+        pg.count("nodigest", "SELECT count(*) FROM audit_records") == 10
+    });
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+    let key = public_key(dir.path(), keys.path());
+    let db = ["--database-url", url.as_str()];
+    let v = verify(&db, &key);
+    assert_ok(&v);
+    let heads: Vec<&Value> = v.json["chains"]
+        .as_array()
+        .expect("chains")
+        .iter()
+        .map(|c| &c["head"])
+        .collect();
+    assert!(
+        !heads.is_empty() && heads.iter().all(|h| h["seq"].as_u64() >= Some(1)),
+        "{v:?}"
+    );
+
+    pg.psql("nodigest", "DELETE FROM audit_digests");
+    let v = run_verify(&db, &key);
+    assert_eq!(v.code, 2, "{v:?}");
+    assert_eq!(v.json["verdict"], "nothing_to_verify", "{v:?}");
+    assert!(
+        v.text.contains("NOTHING TO VERIFY") && v.text.contains("audit_records has 10 rows"),
+        "{v:?}"
     );
 }

@@ -215,6 +215,12 @@ pub fn summary(r: &Report, out: &Path, files: &[render::manifest::Entry]) -> Val
         "sections": r.sections.iter().map(|s| serde_json::json!({
             "id": s.spec.id, "rows": s.table.rows.len(), "records": s.records(),
         })).collect::<Vec<_>>(),
+        "warnings": match &r.source {
+            Source::Parquet { stats, .. } => stats.skipped.iter()
+                .map(|s| format!("not read (not part of the store; run meshaudit verify): {s}"))
+                .collect::<Vec<_>>(),
+            Source::Postgres { .. } => Vec::new(),
+        },
     })
 }
 
@@ -322,11 +328,19 @@ pub async fn run(opts: ReportOptions) -> Result<Value, ReportError> {
                 "the query this report ran",
                 &report,
             )],
-            Source::Parquet { data_dir, .. } => vec![shown(
+            Source::Parquet { data_dir, stats } => vec![shown(
                 sql::compile(
                     &spec,
                     &Dialect::DuckDb {
                         data_dir: data_dir.clone(),
+                        // A glob would read what the report skipped: name its files instead.
+                        files: (!stats.skipped.is_empty()).then(|| {
+                            stats
+                                .read
+                                .iter()
+                                .map(|f| format!("{}/{f}", data_dir.trim_end_matches('/')))
+                                .collect()
+                        }),
                     },
                 ),
                 "DuckDB",

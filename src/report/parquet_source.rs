@@ -1,6 +1,9 @@
 //! Reads the records of a time range back from the Parquet sink's files and feeds them to the
 //! [`Evaluator`], with bounded memory:
 //!
+//! - **Which files.** Exactly the data files of `store::layout::scan`, the listing `meshaudit
+//!   verify` checks: regular files in real `dt=YYYY-MM-DD/hour=HH/` directories, no link ever
+//!   followed. Anything else is skipped, logged and named in the report (`ScanStats::skipped`).
 //! - **Pruning.** Only `dt=YYYY-MM-DD/hour=HH/` directories whose hour overlaps the range are
 //!   opened (the sink partitions by `start_time`, so no record of the range lives elsewhere).
 //! - **Projection.** Only the columns the sections read (plus `record_id`, `start_time`) are
@@ -14,21 +17,20 @@
 //!   in any time range: the range is on `start_time`, as in SQL where NULL never compares.)
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::Array;
-use chrono::NaiveDate;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+
+use tracing::warn;
 
 use super::eval::Evaluator;
 use super::time::TimeRange;
 use super::ReportError;
-
-const HOUR_MICROS: i64 = 3_600_000_000;
+use crate::store::layout::{self, DataFile, HourDir};
 
 /// What was read, for the report's account of its evidence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,12 +42,12 @@ pub struct ScanStats {
     pub rows_in_range: u64,
     /// Rows not counted because their record_id was already counted.
     pub duplicate_rows: u64,
-}
-
-/// One `dt=/hour=` directory and the start of its hour.
-struct Partition {
-    dir: PathBuf,
-    start: i64,
+    /// Entries under the data dir that are not part of the store (links, devices, `.parquet`
+    /// files outside the layout; see `store::layout`): never read, each named here, and each a
+    /// `meshaudit verify` finding.
+    pub skipped: Vec<String>,
+    /// The data files read, relative to the data dir.
+    pub read: Vec<String>,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> ReportError {
@@ -53,55 +55,6 @@ fn io_err(path: &Path, e: std::io::Error) -> ReportError {
         path: path.to_path_buf(),
         source: e,
     }
-}
-
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        out.push(e.map_err(|e| io_err(dir, e))?.path());
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn name_of(p: &Path) -> &str {
-    p.file_name().and_then(|n| n.to_str()).unwrap_or("")
-}
-
-/// Every partition directory under `data_dir`, in time order.
-fn partitions(data_dir: &Path) -> Result<Vec<Partition>, ReportError> {
-    let mut out = Vec::new();
-    for day in sorted_entries(data_dir)? {
-        let Some(date) = name_of(&day)
-            .strip_prefix("dt=")
-            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-        else {
-            continue;
-        };
-        if !day.is_dir() {
-            continue;
-        }
-        let Some(midnight) = date.and_hms_opt(0, 0, 0) else {
-            continue;
-        };
-        let midnight = midnight.and_utc().timestamp_micros();
-        for hour in sorted_entries(&day)? {
-            let Some(h) = name_of(&hour)
-                .strip_prefix("hour=")
-                .and_then(|h| h.parse::<i64>().ok())
-                .filter(|h| (0..24).contains(h))
-            else {
-                continue;
-            };
-            if hour.is_dir() {
-                out.push(Partition {
-                    dir: hour,
-                    start: midnight + h * HOUR_MICROS,
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// A record id as a number (32 hex chars); anything else is kept as text.
@@ -134,20 +87,28 @@ pub fn scan(
     let mut wanted: Vec<&str> = vec!["record_id", "start_time"];
     wanted.extend(eval.columns());
     let mut stats = ScanStats::default();
-    for part in partitions(data_dir)? {
-        if !range.overlaps(part.start, HOUR_MICROS) {
+    // The same listing `meshaudit verify` checks: only plain files inside the layout.
+    let inventory = layout::scan(data_dir).map_err(|e| io_err(data_dir, e))?;
+    for s in &inventory.strays {
+        warn!(
+            path = %s.rel,
+            problem = %s.describe(),
+            "not read by this report: not part of the store (run `meshaudit verify`)"
+        );
+        stats.skipped.push(format!("{}: {}", s.rel, s.describe()));
+    }
+    for part in &inventory.hours {
+        if !range.overlaps(part.start_us, HourDir::MICROS) {
             stats.partitions_skipped += 1;
             continue;
         }
         stats.partitions_read += 1;
         let mut seen = Seen::default();
-        for file in sorted_entries(&part.dir)? {
-            if file.extension().is_none_or(|e| e != "parquet") || !file.is_file() {
-                continue;
-            }
+        for file in &part.files {
             stats.files_read += 1;
+            stats.read.push(file.rel.clone());
             scan_file(
-                &file, &wanted, range, eval, &mut seen, &mut stats, batch_rows,
+                file, &wanted, range, eval, &mut seen, &mut stats, batch_rows,
             )?;
         }
     }
@@ -155,7 +116,7 @@ pub fn scan(
 }
 
 fn scan_file(
-    path: &Path,
+    data_file: &DataFile,
     wanted: &[&str],
     range: &TimeRange,
     eval: &mut Evaluator,
@@ -163,11 +124,12 @@ fn scan_file(
     stats: &mut ScanStats,
     batch_rows: usize,
 ) -> Result<(), ReportError> {
+    let path = data_file.path.as_path();
     let bad = |what: String| ReportError::ParquetFile {
         path: path.to_path_buf(),
         reason: what,
     };
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file = data_file.open().map_err(|e| io_err(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
     let schema = builder.schema().clone();
     let mut roots = Vec::with_capacity(wanted.len());

@@ -1,8 +1,9 @@
 //! Compiles a [`Section`] to SQL text: what Postgres runs, and what the report shows an auditor.
 //!
 //! Two dialects from one compiler: PostgreSQL over `audit_records`, and DuckDB over the Parquet
-//! files (`read_parquet('DIR/**/*.parquet', hive_partitioning = true)`), so evidence from either
-//! store can be re-run with a stock tool. Both count `DISTINCT record_id`, which over Parquet
+//! files (`read_parquet('DIR/**/*.parquet', hive_partitioning = true)`, or the list of files the
+//! report read when the data dir holds anything a glob would read differently), so evidence from
+//! either store can be re-run with a stock tool. Both count `DISTINCT record_id`, which over Parquet
 //! removes the duplicates that at-least-once delivery may leave and over Postgres (one row per
 //! record_id) changes nothing.
 //!
@@ -21,6 +22,10 @@ pub enum Dialect {
     /// DuckDB over the Parquet files under this data directory.
     DuckDb {
         data_dir: String,
+        /// The files to read, when a glob would not read exactly the report's files: a glob
+        /// reads a linked file and chokes on a `.parquet` file outside the layout, which the
+        /// report never reads (store::layout). `None`: every data file, by a glob.
+        files: Option<Vec<String>>,
     },
 }
 
@@ -61,7 +66,19 @@ impl Compiler<'_> {
     fn source(&self) -> String {
         match self.dialect {
             Dialect::Postgres => "audit_records".to_owned(),
-            Dialect::DuckDb { data_dir } => {
+            Dialect::DuckDb {
+                files: Some(files), ..
+            } => {
+                let list: Vec<String> = files.iter().map(|f| literal(f)).collect();
+                format!(
+                    "read_parquet([{}], hive_partitioning = true)",
+                    list.join(", ")
+                )
+            }
+            Dialect::DuckDb {
+                data_dir,
+                files: None,
+            } => {
                 let glob = format!("{}/**/*.parquet", data_dir.trim_end_matches('/'));
                 format!("read_parquet({}, hive_partitioning = true)", literal(&glob))
             }
@@ -210,6 +227,11 @@ mod tests {
             Dialect::Postgres,
             Dialect::DuckDb {
                 data_dir: "/data/it's here".into(),
+                files: None,
+            },
+            Dialect::DuckDb {
+                data_dir: "/data".into(),
+                files: Some(vec!["/data/dt=2026-03-02/hour=10/it's.parquet".into()]),
             },
         ] {
             for s in sections() {
@@ -254,11 +276,26 @@ mod tests {
             s,
             &Dialect::DuckDb {
                 data_dir: "/d/o'x/".into(),
+                files: None,
             },
         );
         assert!(
             q.text
                 .contains("read_parquet('/d/o''x/**/*.parquet', hive_partitioning = true)"),
+            "{}",
+            q.text
+        );
+        let q = compile(
+            s,
+            &Dialect::DuckDb {
+                data_dir: "/d".into(),
+                files: Some(vec!["/d/a'1.parquet".into(), "/d/b.parquet".into()]),
+            },
+        );
+        assert!(
+            q.text.contains(
+                "read_parquet(['/d/a''1.parquet', '/d/b.parquet'], hive_partitioning = true)"
+            ),
             "{}",
             q.text
         );

@@ -68,8 +68,11 @@ pub struct StoreMetrics {
     pub spool_records_appended: AtomicU64,
     pub spool_fsyncs: AtomicU64,
     pub spool_write_errors: AtomicU64,
-    /// Frames found damaged below the durable end (not torn tails): disk corruption.
+    /// Damaged spool ranges found (each a run of bytes holding no valid frame; reported once,
+    /// with its LSN range, and copied to the spool's `damaged/` dir).
     pub spool_corrupt_frames: AtomicU64,
+    /// Bytes in those ranges.
+    pub spool_damaged_bytes: AtomicU64,
     /// Bytes cut from a torn tail at start-up.
     pub spool_truncated_bytes: AtomicU64,
     pub postgres_rows_inserted: AtomicU64,
@@ -157,8 +160,14 @@ impl StoreMetrics {
             one(
                 "spool_corrupt_frames",
                 Kind::Counter,
-                "damaged spool frames skipped (disk corruption)",
+                "damaged spool ranges found (disk corruption or a torn tail), each logged once with its LSN range",
                 g(&self.spool_corrupt_frames),
+            ),
+            one(
+                "spool_damaged_bytes",
+                Kind::Counter,
+                "bytes in damaged spool ranges (their records are lost)",
+                g(&self.spool_damaged_bytes),
             ),
             one(
                 "spool_truncated_bytes",

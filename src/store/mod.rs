@@ -5,9 +5,11 @@
 //! - `postgres`: the Postgres sink (binary COPY, idempotent on record_id) and its schema.
 //! - `pipeline`: one driver per sink, reading the spool and acknowledging what is durable.
 //! - `metrics`: the store's counters and gauges.
+//! - `layout`: which files are in a data dir (the one listing reports and `verify` share).
 //! - `digest`: tamper evidence: signed, chained SHA-256 digests of what each sink stored.
 
 pub mod digest;
+pub mod layout;
 pub mod metrics;
 pub mod parquet;
 pub mod pipeline;

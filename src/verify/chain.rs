@@ -6,7 +6,7 @@ use crate::store::digest::canonical::Hash;
 use crate::store::digest::key::PublicKey;
 use crate::store::digest::statement::{format_micros, Statement};
 
-use super::report::{ChainSummary, Finding, FindingKind, Report};
+use super::report::{ChainHead, ChainSummary, Finding, FindingKind, Report};
 
 /// True when `st` is signed by its key and that key is one of `keys`; reports otherwise.
 pub fn trusted(
@@ -141,6 +141,12 @@ pub fn check_chains(
                 last_seq: last.seq,
                 head_digest_sha256: hex::encode(last.digest_sha256),
                 head_created_at: format_micros(last.created_at_us),
+                head: ChainHead {
+                    instance_id: instance.clone(),
+                    seq: last.seq,
+                    created_at: format_micros(last.created_at_us),
+                    digest_sha256: hex::encode(last.digest_sha256),
+                },
             });
         }
     }

@@ -2,8 +2,9 @@
 //! (docs/tamper-evidence.md) and reports every record or file modified, deleted, inserted or
 //! reordered, every broken or missing chain link and every bad signature.
 //!
-//! Reads storage only; never the live pipeline. Exit status (main.rs): 0 when everything checks
-//! out, 1 when anything was found, 2 when verification itself could not run.
+//! Reads storage only; never the live pipeline. Exit status (main.rs, [`report::Verdict`]): 0
+//! when everything checks out or the store is empty, 1 when anything was found, 2 when
+//! verification itself could not run or there was nothing to verify (records but no digests).
 
 pub mod chain;
 pub mod parquet;
@@ -19,7 +20,7 @@ use crate::store::digest::DigestError;
 use crate::store::postgres::url::DatabaseUrl;
 use crate::store::postgres::PgError;
 
-pub use report::{Finding, FindingKind, Report};
+pub use report::{Finding, FindingKind, Report, Verdict};
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(group = clap::ArgGroup::new("storage").required(true).multiple(true))]
@@ -82,6 +83,6 @@ pub async fn run(opts: &VerifyOptions) -> Result<Report, VerifyError> {
         let summary = postgres::verify(url, &keys, &mut report).await?;
         report.postgres = Some(summary);
     }
-    report.ok = report.findings.is_empty();
+    report.conclude();
     Ok(report)
 }

@@ -1,10 +1,12 @@
 //! Verifying a data dir: the digest chains under `_digests/`, every file they name, and every
-//! `*.parquet` file anywhere under the data dir (nothing the collector writes there ends in
-//! `.parquet` except data, so any other such file is one no digest covers).
+//! data file of the store. Which files those are is decided in one place, `store::layout`, the
+//! listing reports read too: a data file no digest covers is `file_unsigned`, and anything that
+//! is not part of the store (a link, a device, a `.parquet` file outside the layout) is
+//! `not_in_store`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
@@ -17,10 +19,10 @@ use super::chain::{check_chains, trusted, Link};
 use super::report::{Finding, FindingKind, Report, SinkSummary};
 use crate::record::{ColumnType, COLUMNS};
 use crate::store::digest::canonical::{sha256, Encoder, Hash, RecordsHasher};
-use crate::store::digest::files::{list_seqs, read_digest};
+use crate::store::digest::files::read_digest;
 use crate::store::digest::key::PublicKey;
 use crate::store::digest::statement::{DigestKind, SinkKind, Statement, TAG_BYTES};
-use crate::store::digest::DIGESTS_DIR;
+use crate::store::layout::{self, relative, DataFile};
 
 const SINK: &str = "parquet";
 
@@ -103,37 +105,6 @@ pub fn hash_batch(batch: &RecordBatch, enc: &mut Encoder) -> Result<Vec<FileRow>
     Ok(out)
 }
 
-/// Every `*.parquet` file under `root`, relative, `/`-separated, sorted.
-fn parquet_files(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            // Not following symbolic links: a link named *.parquet is listed (and refused when
-            // read), a linked directory is not walked.
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(relative(root, &p));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn relative(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root)
-        .unwrap_or(p)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 struct FileDigest {
     st: Statement,
     tags: Vec<u8>,
@@ -147,50 +118,43 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
     };
     let mut links = Vec::new();
     let mut digests: Vec<FileDigest> = Vec::new();
-    let root = data_dir.join(DIGESTS_DIR);
-    let mut instances: Vec<PathBuf> = fs::read_dir(&root)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    instances.sort();
-    for dir in instances {
-        let dir_name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let seqs = match list_seqs(&dir) {
-            Ok(s) => s,
-            Err(e) => {
-                report.push(Finding::new(
-                    FindingKind::DigestUnreadable,
-                    SINK,
-                    format!("cannot list {}: {e}", dir.display()),
-                ));
-                continue;
-            }
-        };
-        for seq in seqs {
-            let path = dir.join(format!("{seq:020}.json"));
-            let file = relative(data_dir, &path);
-            let parsed = read_digest(&path).and_then(|d| d.parse());
+    // The same listing reports read (store::layout): no link is followed, and every entry
+    // that is not part of the store is a finding.
+    let inventory = match layout::scan(data_dir) {
+        Ok(inv) => inv,
+        Err(e) => {
+            report.push(Finding::new(
+                FindingKind::FileUnreadable,
+                SINK,
+                format!("cannot list the data dir {}: {e}", data_dir.display()),
+            ));
+            return summary;
+        }
+    };
+    for s in &inventory.strays {
+        report.push(Finding::new(FindingKind::NotInStore, SINK, s.describe()).file(s.rel.clone()));
+    }
+    summary.data_files = Some(inventory.data_files().count() as u64);
+    for chain in &inventory.chains {
+        let dir_name = &chain.instance;
+        for (seq, path) in &chain.digests {
+            let seq = *seq;
+            let file = relative(data_dir, path);
+            let parsed = read_digest(path).and_then(|d| d.parse());
             let (st, sig, tags) = match parsed {
                 Ok(p) => p,
                 Err(e) => {
                     report.push(
                         Finding::new(FindingKind::DigestUnreadable, SINK, e)
                             .file(file)
-                            .digest(&dir_name, seq),
+                            .digest(dir_name, seq),
                     );
                     continue;
                 }
             };
             summary.digests += 1;
             let ok = trusted(&st, &sig, keys, SINK, report);
-            if st.instance_id != dir_name
+            if st.instance_id != *dir_name
                 || st.seq != seq
                 || st.sink != SinkKind::Parquet
                 || st.kind != DigestKind::File
@@ -246,13 +210,14 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
             );
         }
     }
-    let files = parquet_files(data_dir);
-    let present: HashSet<&str> = files.iter().map(String::as_str).collect();
+    let present: HashMap<&str, &DataFile> = inventory
+        .data_files()
+        .map(|f| (f.rel.as_str(), f))
+        .collect();
     let mut enc = Encoder::new();
     for d in &digests {
-        let path = data_dir.join(&d.st.object);
         // Only files found under the data dir are read: a digest cannot point verify elsewhere.
-        if !present.contains(d.st.object.as_str()) {
+        let Some(file) = present.get(d.st.object.as_str()) else {
             report.push(
                 Finding::new(
                     FindingKind::FileMissing,
@@ -271,11 +236,11 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
                 .digest(&d.st.instance_id, d.st.seq),
             );
             continue;
-        }
+        };
         summary.files = summary.files.map(|n| n + 1);
-        summary.records += check_file(&path, d, &mut enc, report);
+        summary.records += check_file(file, d, &mut enc, report);
     }
-    for f in &files {
+    for f in inventory.data_files().map(|f| &f.rel) {
         if !by_object.contains_key(f.as_str()) {
             report.push(
                 Finding::new(
@@ -291,22 +256,17 @@ pub fn verify(data_dir: &Path, keys: &[PublicKey], report: &mut Report) -> SinkS
 }
 
 /// Checks one file against its digest; returns the rows read.
-fn check_file(path: &Path, d: &FileDigest, enc: &mut Encoder, report: &mut Report) -> u64 {
+fn check_file(file: &DataFile, d: &FileDigest, enc: &mut Encoder, report: &mut Report) -> u64 {
     let st = &d.st;
     let finding = |kind, detail: String| {
         Finding::new(kind, SINK, detail)
             .file(st.object.clone())
             .digest(&st.instance_id, st.seq)
     };
-    if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
-        report.push(finding(
-            FindingKind::FileModified,
-            "not a regular file (a symbolic link?): the signed file was replaced".into(),
-        ));
-        return 0;
-    }
-    let bytes = match fs::read(path) {
-        Ok(b) => Bytes::from(b),
+    let mut buf = Vec::new();
+    let read = file.open().and_then(|mut f| f.read_to_end(&mut buf));
+    let bytes = match read {
+        Ok(_) => Bytes::from(buf),
         Err(e) => {
             report.push(finding(FindingKind::FileUnreadable, e.to_string()));
             return 0;

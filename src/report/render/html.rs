@@ -329,6 +329,14 @@ pub fn document(r: &Report) -> String {
                 stats.rows_in_range,
                 stats.duplicate_rows
             );
+            if !stats.skipped.is_empty() {
+                let _ = write!(
+                    out,
+                    "<dt>Not read</dt><dd><strong>{} entries under the data directory are not part of the store and were not read</strong> (run <code>meshaudit verify</code>): {}</dd>",
+                    stats.skipped.len(),
+                    esc(&stats.skipped.join("; "))
+                );
+            }
         }
     }
     let list = |v: &[String]| {

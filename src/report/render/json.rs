@@ -99,6 +99,7 @@ fn source(r: &Report) -> Value {
             "files_read": stats.files_read,
             "rows_in_range": stats.rows_in_range,
             "duplicate_rows_removed": stats.duplicate_rows,
+            "skipped": stats.skipped,
         }),
     }
 }

@@ -91,6 +91,16 @@ fn digest_name(seq: u64) -> String {
     format!("{seq:020}.json")
 }
 
+/// The seq of a digest file's name (`<seq, 20 digits>.json`).
+pub fn seq_of_name(name: &str) -> Option<u64> {
+    let n = name.strip_suffix(".json")?;
+    if n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()) {
+        n.parse().ok()
+    } else {
+        None
+    }
+}
+
 /// Seq numbers of the digest files in `dir`.
 pub fn list_seqs(dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut seqs = Vec::new();
@@ -98,12 +108,8 @@ pub fn list_seqs(dir: &Path) -> std::io::Result<Vec<u64>> {
         let e = e?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(n) = name.strip_suffix(".json") {
-            if n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()) {
-                if let Ok(seq) = n.parse() {
-                    seqs.push(seq);
-                }
-            }
+        if let Some(seq) = seq_of_name(name) {
+            seqs.push(seq);
         }
     }
     seqs.sort_unstable();

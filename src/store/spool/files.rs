@@ -3,11 +3,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 
-use tracing::warn;
+use tracing::{info, warn};
 
-use super::frame::{self, Peek, HEADER_LEN, MAGIC};
+use super::damage::{self, Damage, Found, Piece};
+use super::frame::{self, HEADER_LEN, MAGIC};
 use super::{SpoolConfig, SpoolError};
 use crate::store::metrics::{SinkId, StoreMetrics};
 
@@ -81,8 +81,7 @@ pub(super) fn recover(cfg: &SpoolConfig, metrics: &StoreMetrics) -> Result<Recov
 
     let (active, end) = match segments.last().copied() {
         Some(last) => {
-            let path = segment_path(dir, last);
-            let (file, valid) = repair_tail(&path, metrics)?;
+            let (file, valid) = repair_tail(dir, last, metrics)?;
             (file, last + valid)
         }
         None => {
@@ -155,14 +154,17 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(SpoolError::io(dir))
 }
 
-/// Finds the end of the last whole frame of the last segment and cuts anything after it.
-/// Returns the file positioned there and the valid length in LSN bytes (header excluded).
-fn repair_tail(path: &Path, metrics: &StoreMetrics) -> Result<(File, u64), SpoolError> {
-    let io = || SpoolError::io(path);
+/// Finds the valid end of the last segment. Damaged bytes followed by valid frames are left in
+/// place (the sinks' readers skip and report them, `damage.rs`); only damage with nothing valid
+/// after it (a torn tail) is cut, after being copied aside and reported. Returns the file
+/// positioned at its end and the valid length in LSN bytes (header excluded).
+fn repair_tail(dir: &Path, start: u64, metrics: &StoreMetrics) -> Result<(File, u64), SpoolError> {
+    let path = segment_path(dir, start);
+    let io = || SpoolError::io(&path);
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(path)
+        .open(&path)
         .map_err(io())?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).map_err(io())?;
@@ -175,32 +177,52 @@ fn repair_tail(path: &Path, metrics: &StoreMetrics) -> Result<(File, u64), Spool
         return Ok((f, 0));
     }
     if &buf[..HEADER_LEN] != MAGIC {
-        return Err(SpoolError::Foreign {
-            path: path.to_owned(),
-        });
+        return Err(SpoolError::Foreign { path });
     }
-    let mut at = HEADER_LEN;
-    loop {
-        match frame::peek(&buf[at..]) {
-            Peek::Frame { len, .. } => at += len,
-            Peek::End => break,
-            Peek::Torn => {
-                let cut = (buf.len() - at) as u64;
-                warn!(
+    let body = &buf[HEADER_LEN..];
+    let mut valid = 0;
+    for piece in damage::pieces(body) {
+        match piece {
+            Piece::Frame { at, len, .. } => valid = at + len,
+            Piece::Damage {
+                at,
+                end,
+                resumes: true,
+            } => {
+                info!(
                     path = %path.display(),
-                    valid_bytes = at,
-                    cut_bytes = cut,
-                    "spool segment ends in a torn write (crash while appending); truncating it. Those records were never acknowledged as accepted"
+                    lsn_start = start + at as u64,
+                    lsn_end = start + end as u64,
+                    "damaged spool bytes followed by valid frames: kept; a sink that still has to read them skips them and reports what it lost"
                 );
-                metrics.spool_truncated_bytes.fetch_add(cut, Relaxed);
-                f.set_len(at as u64).map_err(io())?;
+            }
+            Piece::Damage {
+                at,
+                end,
+                resumes: false,
+            } => {
+                damage::report(
+                    dir,
+                    &Damage {
+                        segment_path: &path,
+                        start: start + at as u64,
+                        end: start + end as u64,
+                        bytes: &body[at..end],
+                        found: Found::TailCut {
+                            torn: damage::looks_torn(&body[at..end]),
+                        },
+                    },
+                    metrics,
+                );
+                f.set_len((HEADER_LEN + at) as u64).map_err(io())?;
                 f.sync_all().map_err(io())?;
-                break;
+                valid = at;
             }
         }
     }
-    f.seek(SeekFrom::Start(at as u64)).map_err(io())?;
-    Ok((f, (at - HEADER_LEN) as u64))
+    f.seek(SeekFrom::Start((HEADER_LEN + valid) as u64))
+        .map_err(io())?;
+    Ok((f, valid as u64))
 }
 
 fn read_cursor(path: &Path) -> Result<Option<u64>, SpoolError> {
@@ -232,9 +254,9 @@ pub(super) fn write_cursor(path: &Path, at: u64) -> Result<(), SpoolError> {
     }
 }
 
-/// Every record in the spool's segment files, oldest first, each segment up to its first
-/// damaged frame. Read-only and lock-free: for tests and for inspecting a stopped collector's
-/// spool.
+/// Every record in the spool's segment files, oldest first, skipping damaged ranges (and any
+/// valid frame whose payload does not decode). Read-only and lock-free: for tests and for
+/// inspecting a stopped collector's spool.
 pub fn read_spooled(dir: &Path) -> Result<Vec<crate::record::AuditRecord>, SpoolError> {
     let mut starts = Vec::new();
     for e in fs::read_dir(dir).map_err(SpoolError::io(dir))? {
@@ -251,13 +273,12 @@ pub fn read_spooled(dir: &Path) -> Result<Vec<crate::record::AuditRecord>, Spool
         if buf.len() < HEADER_LEN || &buf[..HEADER_LEN] != MAGIC {
             continue;
         }
-        let mut at = HEADER_LEN;
-        while let Peek::Frame { payload, len } = frame::peek(&buf[at..]) {
-            match frame::decode(payload) {
-                Ok(recs) => out.extend(recs),
-                Err(_) => break,
+        for piece in damage::pieces(&buf[HEADER_LEN..]) {
+            if let Piece::Frame { payload, .. } = piece {
+                if let Ok(recs) = frame::decode(payload) {
+                    out.extend(recs);
+                }
             }
-            at += len;
         }
     }
     Ok(out)

@@ -25,7 +25,8 @@ pub const MAX_PAYLOAD: usize = 256 << 20;
 
 /// Slice-by-16 tables: the same CRC-32C as the byte-at-a-time default, several times faster
 /// (the checksum was most of this module's cost in a profile of the collector under load).
-const CRC: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+pub(super) const CRC: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// Encodes `records` as one complete frame (header included). Runs in the ingest task that
 /// accepted the batch, so the spool writer only copies bytes.

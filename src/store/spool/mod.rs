@@ -24,7 +24,9 @@
 //!
 //! Invariant: only the writer thread appends; readers only read below the published durable end.
 
+mod damage;
 mod files;
+pub use damage::DAMAGED_DIR;
 pub use files::read_spooled;
 pub mod frame;
 mod reader;

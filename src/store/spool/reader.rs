@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::error;
 
+use super::damage::{self, Damage, Found};
 use super::frame::{self, Peek, HEADER_LEN};
 use super::{files, lock, Frame, Published, Shared};
+use crate::record::AuditRecord;
 use crate::store::metrics::SinkId;
 
 /// Most encoded bytes one disk read returns.
@@ -192,16 +195,6 @@ fn read_disk(shared: &Shared, sink: SinkId, mut pos: u64, end: u64, max_records:
     let mut frames = Vec::new();
     let mut records = 0;
     let mut bytes = 0;
-    let corrupt = |pos: u64, why: &str| {
-        shared.metrics.spool_corrupt_frames.fetch_add(1, Relaxed);
-        error!(
-            sink = sink.name(),
-            path = %path.display(),
-            lsn = pos,
-            problem = why,
-            "damaged spool frame below the durable end (disk corruption?); skipping the rest of this segment"
-        );
-    };
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) => {
@@ -210,48 +203,90 @@ fn read_disk(shared: &Shared, sink: SinkId, mut pos: u64, end: u64, max_records:
         }
     };
     while pos < seg_end && records < max_records && bytes < MAX_READ_BYTES {
-        let offset = HEADER_LEN as u64 + (pos - seg);
-        let mut header = [0u8; HEADER_LEN];
-        if let Err(e) = file.read_exact_at(&mut header, offset) {
-            corrupt(pos, &e.to_string());
-            pos = seg_end;
-            break;
-        }
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len > frame::MAX_PAYLOAD || pos + (HEADER_LEN + len) as u64 > seg_end {
-            corrupt(pos, "frame length runs past the segment");
-            pos = seg_end;
-            break;
-        }
-        let mut buf = vec![0u8; HEADER_LEN + len];
-        if let Err(e) = file.read_exact_at(&mut buf, offset) {
-            corrupt(pos, &e.to_string());
-            pos = seg_end;
-            break;
-        }
-        let Peek::Frame { payload, len: flen } = frame::peek(&buf) else {
-            corrupt(pos, "checksum mismatch");
-            pos = seg_end;
-            break;
-        };
-        match frame::decode(payload) {
-            Ok(recs) => {
+        match read_frame(&file, seg, pos, seg_end) {
+            Some((recs, flen)) => {
                 let start = pos;
-                pos += flen as u64;
+                pos += flen;
                 records += recs.len();
-                bytes += flen as u64;
+                bytes += flen;
                 frames.push(Arc::new(Frame {
                     start,
                     end: pos,
                     records: recs,
                 }));
             }
-            Err(e) => {
-                corrupt(pos, &e.to_string());
-                pos = seg_end;
+            None => {
+                // Damaged: skip to where valid frames resume (or the segment's end), never
+                // further, and report the range once.
+                pos = skip_damage(shared, sink, &file, &path, seg, pos, seg_end);
                 break;
             }
         }
     }
     Batch { frames, end: pos }
+}
+
+/// The records of the frame at `pos` and its length, if it is whole, checksum-valid and decodes.
+fn read_frame(file: &File, seg: u64, pos: u64, seg_end: u64) -> Option<(Vec<AuditRecord>, u64)> {
+    let offset = HEADER_LEN as u64 + (pos - seg);
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut header, offset).ok()?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > frame::MAX_PAYLOAD || pos + (HEADER_LEN + len) as u64 > seg_end {
+        return None;
+    }
+    let mut buf = vec![0u8; HEADER_LEN + len];
+    file.read_exact_at(&mut buf, offset).ok()?;
+    let Peek::Frame { payload, len: flen } = frame::peek(&buf) else {
+        return None;
+    };
+    let recs = frame::decode(payload).ok()?;
+    Some((recs, flen as u64))
+}
+
+/// Finds where valid frames resume after damage at `pos` (below `seg_end`), reports the
+/// damaged range (`damage.rs`: once, copied aside, counted) and returns the resume position.
+fn skip_damage(
+    shared: &Shared,
+    sink: SinkId,
+    file: &File,
+    path: &Path,
+    seg: u64,
+    pos: u64,
+    seg_end: u64,
+) -> u64 {
+    let offset = HEADER_LEN as u64 + (pos - seg);
+    let mut rest = vec![0u8; (seg_end - pos) as usize];
+    let mut got = 0;
+    while got < rest.len() {
+        match file.read_at(&mut rest[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                error!(sink = sink.name(), path = %path.display(), lsn = pos + got as u64, error = %e, "cannot read spool segment past damaged bytes");
+                break;
+            }
+        }
+    }
+    rest.truncate(got);
+    if matches!(frame::peek(&rest), Peek::Frame { payload, .. } if frame::decode(payload).is_ok()) {
+        // The frame reads whole now: the failure was transient. The caller retries from `pos`.
+        return pos;
+    }
+    // A frame whose checksum holds but which does not decode is skipped too: start the scan
+    // past its first byte.
+    let end = damage::resync(&rest, 0).map_or(seg_end, |at| pos + at as u64);
+    damage::report(
+        &shared.cfg.dir,
+        &Damage {
+            segment_path: path,
+            start: pos,
+            end,
+            bytes: &rest[..(end - pos).min(got as u64) as usize],
+            found: Found::Skipped { sink: sink.name() },
+        },
+        &shared.metrics,
+    );
+    end
 }

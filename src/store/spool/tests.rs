@@ -292,3 +292,135 @@ async fn a_clean_shutdown_with_everything_taken_leaves_an_empty_spool() {
     drop(a);
     close(s).await;
 }
+
+/// Damage in real segment files, read back through the spool: at the head, middle and tail of
+/// segments, across a segment boundary, and at the end of the log (spool/damage.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_anywhere_loses_only_the_damaged_frames_for_every_sink() {
+    use super::damage::{pieces, Piece, DAMAGED_DIR};
+    use super::frame::HEADER_LEN;
+    use std::fs;
+    use std::path::PathBuf;
+
+    /// One frame on disk: its segment file, byte offset in it, length, and record ids.
+    struct OnDisk {
+        file: PathBuf,
+        offset: usize,
+        len: usize,
+        ids: Vec<String>,
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // About six frames of four records per segment.
+    let small = || SpoolConfig {
+        segment_bytes: 2 << 10,
+        ..cfg(dir.path())
+    };
+    let (s, a, _) = open(small());
+    for i in 0..40 {
+        a.send((4 * i..4 * i + 4).map(rec).collect())
+            .await
+            .expect("accepted");
+    }
+    drop(a);
+    close(s).await;
+
+    let mut segments: Vec<PathBuf> = fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(".log"))
+        .collect();
+    segments.sort();
+    let mut frames = Vec::new();
+    for file in &segments {
+        let buf = fs::read(file).expect("segment");
+        for p in pieces(&buf[HEADER_LEN..]) {
+            let Piece::Frame { at, len, payload } = p else {
+                panic!("an undamaged spool has {p:?}");
+            };
+            frames.push(OnDisk {
+                file: file.clone(),
+                offset: HEADER_LEN + at,
+                len,
+                ids: frame::decode(payload)
+                    .expect("decodes")
+                    .into_iter()
+                    .map(|r| r.record_id)
+                    .collect(),
+            });
+        }
+    }
+    assert_eq!(frames.len(), 40);
+    assert!(segments.len() >= 5, "{} segments", segments.len());
+    let in_seg = |k: usize| -> Vec<usize> {
+        (0..frames.len())
+            .filter(|&i| frames[i].file == segments[k])
+            .collect()
+    };
+    let (s1, s2, s3) = (in_seg(1), in_seg(2), in_seg(3));
+    assert!(s1.len() >= 5 && s2.len() >= 3, "{s1:?} {s2:?}");
+    let last = frames.len() - 1;
+    // (frame, byte to flip in it)
+    let damaged = [
+        (s1[0], 40),                                          // head of a segment, payload
+        (s1[3], 1),                                           // middle, length field
+        (s2[s2.len() - 1], frames[s2[s2.len() - 1]].len - 1), // tail of a segment...
+        (s3[0], 9),                                           // ...and head of the next
+        (last, 20),                                           // end of the log: cut at start-up
+    ];
+    for &(k, at) in &damaged {
+        let f = &frames[k];
+        let mut buf = fs::read(&f.file).expect("read");
+        buf[f.offset + at] ^= 0x04;
+        fs::write(&f.file, buf).expect("write");
+    }
+    let is_damaged = |i: usize| damaged.iter().any(|&(k, _)| k == i);
+    let mut want: Vec<String> = (0..frames.len())
+        .filter(|&i| !is_damaged(i))
+        .flat_map(|i| frames[i].ids.clone())
+        .collect();
+    assert_eq!(want.len(), 4 * 35);
+
+    let (s, a, m) = open(small());
+    // The last frame had nothing valid after it: cut and reported at start-up.
+    let end = &frames[last];
+    assert_eq!(
+        fs::metadata(&end.file).expect("meta").len(),
+        end.offset as u64
+    );
+    assert_eq!(m.spool_truncated_bytes.load(Relaxed), end.len as u64);
+    a.send(vec![rec(9999)]).await.expect("appends go on");
+    want.push(rec(9999).record_id);
+    for sink in [SinkId::Parquet, SinkId::Postgres] {
+        let mut r = s.reader(sink).expect("reader");
+        assert_eq!(read_all(&mut r).await.0, want, "{sink:?}");
+    }
+    // Five ranges, each reported once although two sinks read past them.
+    assert_eq!(m.spool_corrupt_frames.load(Relaxed), 5);
+    let damaged_bytes: u64 = damaged.iter().map(|&(k, _)| frames[k].len as u64).sum();
+    assert_eq!(m.spool_damaged_bytes.load(Relaxed), damaged_bytes);
+    let copies = fs::read_dir(dir.path().join(DAMAGED_DIR))
+        .expect("damaged dir")
+        .count();
+    assert_eq!(copies, 5);
+    // No segment that still held valid frames was cut.
+    for f in &frames[..last] {
+        assert!(fs::metadata(&f.file).expect("meta").len() >= (f.offset + f.len) as u64);
+    }
+    drop(a);
+    close(s).await;
+
+    // After a restart nothing is reported again (the copies are there), and read_spooled
+    // agrees.
+    let (s, a, m) = open(small());
+    let mut r = s.reader(SinkId::Parquet).expect("reader");
+    assert_eq!(read_all(&mut r).await.0, want);
+    assert_eq!(m.spool_corrupt_frames.load(Relaxed), 0);
+    drop(a);
+    close(s).await;
+    let spooled: Vec<String> = read_spooled(dir.path())
+        .expect("read_spooled")
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect();
+    assert_eq!(spooled, want);
+}
