@@ -1,5 +1,7 @@
 //! The directory snapshot (`--directory FILE`, format in docs/audit-record.md): group and
-//! application display names, and which principals are managed identities.
+//! application display names, which principals are managed identities, and users (object id →
+//! UPN, display name, user type). `meshaudit directory sync` writes it from Microsoft Graph
+//! ([`crate::directory_sync`]); the file format is this module's.
 //!
 //! The file is read at start-up (a bad file stops start-up with a clear error) and polled for
 //! changes afterwards; a changed file is parsed off the async runtime and swapped in atomically,
@@ -37,7 +39,8 @@ pub enum DirectoryError {
     },
 }
 
-/// The file's shape. Unknown keys are ignored so that exports from other tools can carry more.
+/// The file's shape. Unknown keys are ignored so that exports from other tools can carry more
+/// (and so that files written before `users` existed still load).
 #[derive(Deserialize)]
 struct DirectoryFile {
     #[serde(default)]
@@ -46,6 +49,29 @@ struct DirectoryFile {
     applications: HashMap<String, String>,
     #[serde(default)]
     managed_identities: Vec<String>,
+    #[serde(default)]
+    users: HashMap<String, User>,
+    #[serde(default)]
+    synced_at: Option<String>,
+}
+
+/// A user of the directory (Graph `user`: `userPrincipalName`, `displayName`, `userType`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct User {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upn: Option<Box<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<Box<str>>,
+    /// `Member` or `Guest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_type: Option<Box<str>>,
+}
+
+impl User {
+    /// How a report names the user: the UPN (what token name claims hold), else the display name.
+    pub fn label(&self) -> Option<&str> {
+        self.upn.as_deref().or(self.display_name.as_deref())
+    }
 }
 
 /// One snapshot of the directory.
@@ -54,6 +80,8 @@ pub struct Directory {
     groups: HashMap<String, String>,
     applications: HashMap<String, String>,
     managed_identities: HashSet<String>,
+    users: HashMap<String, User>,
+    synced_at: Option<String>,
 }
 
 impl Directory {
@@ -72,7 +100,31 @@ impl Directory {
                 .into_iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
+            users: f
+                .users
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+            synced_at: f.synced_at,
         })
+    }
+
+    /// The user with this object id.
+    pub fn user(&self, object_id: &str) -> Option<&User> {
+        if object_id.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.users.get(&object_id.to_ascii_lowercase())
+        } else {
+            self.users.get(object_id)
+        }
+    }
+
+    /// When `meshaudit directory sync` wrote the snapshot (RFC 3339), if it says.
+    pub fn synced_at(&self) -> Option<&str> {
+        self.synced_at.as_deref()
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
     }
 
     pub fn group_name(&self, id: &str) -> Option<&str> {
@@ -92,7 +144,10 @@ impl Directory {
     }
 
     pub fn len(&self) -> usize {
-        self.groups.len() + self.applications.len() + self.managed_identities.len()
+        self.groups.len()
+            + self.applications.len()
+            + self.managed_identities.len()
+            + self.users.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -235,6 +290,29 @@ mod tests {
             .expect("empty is valid")
             .is_empty());
         assert!(Directory::from_json(br#"{"groups":[]}"#).is_err());
+    }
+
+    #[test]
+    fn users_and_sync_time_load_and_old_files_still_do() {
+        let d = Directory::from_json(
+            br#"{"users":{"AB-1":{"upn":"ada@contoso.example","display_name":"Ada","user_type":"Member","since":"x"},
+                 "g-2":{"display_name":"Guest Gil","user_type":"Guest"}},
+                "synced_at":"2026-03-02T10:00:00Z"}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            d.user("ab-1").and_then(User::label),
+            Some("ada@contoso.example")
+        );
+        assert_eq!(d.user("G-2").and_then(User::label), Some("Guest Gil"));
+        assert_eq!(
+            d.user("g-2").and_then(|u| u.user_type.as_deref()),
+            Some("Guest")
+        );
+        assert_eq!(d.synced_at(), Some("2026-03-02T10:00:00Z"));
+        let old = Directory::from_json(br#"{"groups":{"g":"G"}}"#).expect("old file");
+        assert_eq!((old.users(), old.synced_at()), (0, None));
+        assert!(Directory::from_json(br#"{"users":{"u":"not an object"}}"#).is_err());
     }
 
     #[test]
