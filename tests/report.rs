@@ -902,6 +902,56 @@ fn postgres_and_parquet_reports_agree_and_match_the_inputs() {
         );
     }
 
+    // `--directory`: the newest directory names callers the records could not (or named
+    // differently), from both stores alike, and the report says which snapshot it used.
+    assert_eq!(from_pg["directory"], Value::Null);
+    let newest = tmp.path().join("newest-directory.json");
+    std::fs::write(
+        &newest,
+        json!({"users": {"OID-NN1": {"upn": "nn1@contoso.example", "user_type": "Member"},
+                         "oid-dan": {"display_name": "Dan Directory"}},
+               "applications": {SP_APP: "billing-agent-v2"},
+               "synced_at": "2026-03-03T00:00:00.000000Z"})
+        .to_string(),
+    )
+    .expect("directory");
+    let newest_arg = ["--directory", newest.to_str().expect("utf-8")];
+    let (dir_pg, dir_pq) = (tmp.path().join("dir-pg"), tmp.path().join("dir-pq"));
+    run(&dir_pg, ["--database-url", &url], &newest_arg);
+    run(&dir_pq, ["--data-dir", data_str], &newest_arg);
+    let (dir_pg, dir_pq) = (load(&dir_pg), load(&dir_pq));
+    assert_eq!(
+        numbers(&dir_pg),
+        numbers(&dir_pq),
+        "same names from both stores"
+    );
+    for d in [&dir_pg, &dir_pq] {
+        let by_id =
+            |id: &str| one(d, "access_review", &[("caller_id", json!(id))])["caller"].clone();
+        assert_eq!(by_id("oid-nn1"), "nn1@contoso.example");
+        assert_eq!(by_id("oid-nn2"), Value::Null, "unknown to the directory");
+        assert_eq!(
+            by_id("oid-dan"),
+            "Dan Directory",
+            "the newest directory wins"
+        );
+        assert_eq!(
+            one(d, "non_human_access", &[("caller_id", json!(SP_APP))])["caller"],
+            "billing-agent-v2"
+        );
+        assert_eq!(d["directory"]["synced_at"], "2026-03-03T00:00:00.000000Z");
+        assert!(d["directory"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("newest-directory.json")));
+        // nn1, dan and the service principal in access_review; the principal in non_human.
+        assert_eq!(d["directory"]["relabelled_rows"], 4);
+        assert_eq!(
+            totals(d, "access_review"),
+            totals(&from_pg, "access_review"),
+            "only names change"
+        );
+    }
+
     // A least-privilege role (SELECT only) with a password: same numbers, and the password is
     // in no file the report wrote, nor in what it printed.
     pg.psql(
@@ -1108,6 +1158,15 @@ fn bad_arguments_name_the_flag_and_the_fix() {
     args.push(bad_toml.to_str().expect("utf-8").into());
     let args = as_strs(&args);
     fails_with(&args, &["--privileged-config", "unknown field", "Fix:"]);
+    let bad_dir = tmp.path().join("directory.json");
+    std::fs::write(&bad_dir, r#"{"users": []}"#).expect("directory");
+    let mut args = with(&[]);
+    args.push("--directory".into());
+    args.push(bad_dir.to_str().expect("utf-8").into());
+    fails_with(
+        &as_strs(&args),
+        &["--directory", "not a directory snapshot", "Fix:"],
+    );
     assert!(!out.exists(), "nothing written on bad arguments");
 
     // An empty data dir gives an empty but complete report; a second run into the same
