@@ -37,6 +37,12 @@ pub struct Settings {
     pub max_retry_after: Duration,
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Token,
+    Graph,
+}
+
 pub struct Graph {
     http: reqwest::Client,
     s: Settings,
@@ -149,6 +155,41 @@ impl Graph {
         matches!(status.as_u16(), 429 | 503 | 504)
     }
 
+    /// Sends a request, retrying transport failures and throttling (429/503/504, waiting as
+    /// `Retry-After` says) up to `max_retries` times; any other answer is returned.
+    async fn send(
+        &mut self,
+        what: &str,
+        kind: Kind,
+        request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SyncError> {
+        let mut attempt = 0;
+        loop {
+            match kind {
+                Kind::Token => self.stats.token_requests += 1,
+                Kind::Graph => self.stats.graph_requests += 1,
+            }
+            let hint = match request(&self.http).send().await {
+                Ok(r) if Self::retryable(r.status()) && attempt < self.s.max_retries => {
+                    retry_after(&r)
+                }
+                Ok(r) => return Ok(r),
+                Err(e) if attempt < self.s.max_retries => {
+                    debug!(what, error = %e.without_url(), "request failed; retrying");
+                    None
+                }
+                Err(e) => {
+                    return Err(SyncError::Http {
+                        what: what.to_owned(),
+                        reason: e.without_url().to_string(),
+                    })
+                }
+            };
+            attempt += 1;
+            self.back_off(attempt, hint).await?;
+        }
+    }
+
     async fn token(&mut self) -> Result<Secret, SyncError> {
         if let Some((t, until)) = &self.token {
             if Instant::now() < *until {
@@ -167,61 +208,37 @@ impl Graph {
         fields.extend(auth.iter().map(|(k, v)| (*k, v.expose())));
         let form = Secret::new(form_encode(&fields));
         let what = "the token request";
-        let mut attempt = 0;
-        loop {
-            self.stats.token_requests += 1;
-            let sent = self
-                .http
-                .post(&self.s.token_url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form.expose().to_owned())
-                .send()
-                .await;
-            let resp = match sent {
-                Ok(r) => r,
-                Err(e) if attempt < self.s.max_retries => {
-                    attempt += 1;
-                    debug!(error = %e.without_url(), "token request failed; retrying");
-                    self.back_off(attempt, None).await?;
-                    continue;
-                }
-                Err(e) => {
-                    return Err(SyncError::Http {
-                        what: what.into(),
-                        reason: e.without_url().to_string(),
-                    })
-                }
-            };
-            let status = resp.status();
-            if Self::retryable(status) && attempt < self.s.max_retries {
-                attempt += 1;
-                let hint = retry_after(&resp);
-                self.back_off(attempt, hint).await?;
-                continue;
-            }
-            let bytes = body(resp, what).await?;
-            if !status.is_success() {
-                return Err(SyncError::Token {
-                    status: status.as_u16(),
-                    detail: error_text(&bytes),
-                });
-            }
-            let v: Value = serde_json::from_slice(&bytes).map_err(|_| SyncError::Token {
+        let url = self.s.token_url.clone();
+        let resp = self
+            .send(what, Kind::Token, |http| {
+                http.post(&url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form.expose().to_owned())
+            })
+            .await?;
+        let status = resp.status();
+        let bytes = body(resp, what).await?;
+        if !status.is_success() {
+            return Err(SyncError::Token {
                 status: status.as_u16(),
-                detail: "the answer is not JSON".into(),
-            })?;
-            let token = v["access_token"].as_str().ok_or_else(|| SyncError::Token {
-                status: status.as_u16(),
-                detail: "the answer has no access_token".into(),
-            })?;
-            let expires = v["expires_in"].as_u64().unwrap_or(300);
-            // Renewed a minute early, so that no request goes out with a token about to expire.
-            let until = Instant::now() + Duration::from_secs(expires.saturating_sub(60));
-            let t = Secret::new(token.to_owned());
-            self.token = Some((t.clone(), until));
-            info!(credential = self.s.credential.kind(), "got a Graph token");
-            return Ok(t);
+                detail: error_text(&bytes),
+            });
         }
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| SyncError::Token {
+            status: status.as_u16(),
+            detail: "the answer is not JSON".into(),
+        })?;
+        let token = v["access_token"].as_str().ok_or_else(|| SyncError::Token {
+            status: status.as_u16(),
+            detail: "the answer has no access_token".into(),
+        })?;
+        let expires = v["expires_in"].as_u64().unwrap_or(300);
+        // Renewed a minute early, so that no request goes out with a token about to expire.
+        let until = Instant::now() + Duration::from_secs(expires.saturating_sub(60));
+        let t = Secret::new(token.to_owned());
+        self.token = Some((t.clone(), until));
+        info!(credential = self.s.credential.kind(), "got a Graph token");
+        Ok(t)
     }
 
     /// The path of a URL, for messages (query strings hold delta tokens: kept out of logs).
@@ -245,40 +262,17 @@ impl Graph {
             });
         }
         let what = format!("GET {}", Self::path_of(url));
-        let mut attempt = 0;
         let mut renewed = false;
         loop {
             let token = self.token().await?;
-            self.stats.graph_requests += 1;
-            let sent = self
-                .http
-                .get(url)
-                .header("authorization", format!("Bearer {}", token.expose()))
-                .header("accept", "application/json")
-                .send()
-                .await;
-            let resp = match sent {
-                Ok(r) => r,
-                Err(e) if attempt < self.s.max_retries => {
-                    attempt += 1;
-                    debug!(error = %e.without_url(), "Graph request failed; retrying");
-                    self.back_off(attempt, None).await?;
-                    continue;
-                }
-                Err(e) => {
-                    return Err(SyncError::Http {
-                        what,
-                        reason: e.without_url().to_string(),
-                    })
-                }
-            };
+            let resp = self
+                .send(&what, Kind::Graph, |http| {
+                    http.get(url)
+                        .header("authorization", format!("Bearer {}", token.expose()))
+                        .header("accept", "application/json")
+                })
+                .await?;
             let status = resp.status();
-            if Self::retryable(status) && attempt < self.s.max_retries {
-                attempt += 1;
-                let hint = retry_after(&resp);
-                self.back_off(attempt, hint).await?;
-                continue;
-            }
             if status.as_u16() == 401 && !renewed {
                 // The token may have been revoked or expired early: one fresh one.
                 renewed = true;
