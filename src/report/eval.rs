@@ -93,11 +93,18 @@ enum Acc {
     Distinct(HashSet<String>),
 }
 
+/// What a group accumulates: one accumulator per measure, one value set per
+/// [`CGroup::Values`] attribute.
+struct GroupAcc {
+    measures: Vec<Acc>,
+    values: Vec<BTreeSet<String>>,
+}
+
 struct CSection {
     filter: Option<CPred>,
     group: Vec<CGroup>,
     measures: Vec<CMeasure>,
-    groups: HashMap<Vec<Key>, (Vec<Acc>, Vec<BTreeSet<String>>)>,
+    groups: HashMap<Vec<Key>, GroupAcc>,
     /// How many [`CGroup::Values`] attributes each group has.
     values: usize,
     baseline: Option<CBaseline>,
@@ -462,7 +469,10 @@ impl CSection {
             }
         }
         let key: Vec<Key> = self.group.iter().map(|g| g.key(cols, row)).collect();
-        let (accs, values) = self.groups.entry(key).or_insert_with(|| {
+        let GroupAcc {
+            measures: accs,
+            values,
+        } = self.groups.entry(key).or_insert_with(|| {
             let accs = self
                 .measures
                 .iter()
@@ -471,7 +481,10 @@ impl CSection {
                     CMeasure::Distinct(..) => Acc::Distinct(HashSet::new()),
                 })
                 .collect();
-            (accs, vec![BTreeSet::new(); self.values])
+            GroupAcc {
+                measures: accs,
+                values: vec![BTreeSet::new(); self.values],
+            }
         });
         for g in &self.group {
             if let CGroup::Values(e, slot) = g {
@@ -518,25 +531,33 @@ impl CSection {
                     100 * u128::from(*hit) > u128::from(b.min_percent) * u128::from(*all)
                 })
             })
-            .map(|(mut keys, (accs, values))| {
-                for (i, g) in group.iter().enumerate() {
-                    match g {
-                        CGroup::Latest(t, pos) => {
-                            keys[i] = match &keys[*pos] {
-                                Key::Text(k) => Key::from_text(
-                                    latest[*t].newest.get(k).map(|(_, l)| l.as_str()),
-                                ),
-                                _ => Key::Null,
-                            };
+            .map(
+                |(
+                    mut keys,
+                    GroupAcc {
+                        measures: accs,
+                        values,
+                    },
+                )| {
+                    for (i, g) in group.iter().enumerate() {
+                        match g {
+                            CGroup::Latest(t, pos) => {
+                                keys[i] = match &keys[*pos] {
+                                    Key::Text(k) => Key::from_text(
+                                        latest[*t].newest.get(k).map(|(_, l)| l.as_str()),
+                                    ),
+                                    _ => Key::Null,
+                                };
+                            }
+                            CGroup::Values(_, slot) => {
+                                keys[i] = Key::List(values[*slot].iter().cloned().collect());
+                            }
+                            _ => {}
                         }
-                        CGroup::Values(_, slot) => {
-                            keys[i] = Key::List(values[*slot].iter().cloned().collect());
-                        }
-                        _ => {}
                     }
-                }
-                (keys, accs)
-            })
+                    (keys, accs)
+                },
+            )
             .map(|(keys, accs)| Row {
                 keys,
                 measures: accs
