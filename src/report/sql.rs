@@ -325,4 +325,42 @@ mod tests {
             q.text
         );
     }
+
+    #[test]
+    fn the_latest_caller_name_is_one_cte_joined_on_the_key_in_both_dialects() {
+        let s = sections()
+            .into_iter()
+            .find(|s| s.id == "access_review")
+            .expect("section");
+        for (d, order, apps) in [
+            (
+                Dialect::Postgres,
+                "ORDER BY start_time DESC, l COLLATE \"C\" DESC",
+                "array_agg(DISTINCT client_apps COLLATE \"C\"",
+            ),
+            (
+                Dialect::DuckDb {
+                    data_dir: "/d".into(),
+                },
+                "ORDER BY start_time DESC, l DESC",
+                "list_sort(list_distinct(list(client_apps)))",
+            ),
+        ] {
+            let q = compile(&s, &d);
+            assert!(q.text.starts_with("WITH latest_caller AS ("), "{}", q.text);
+            assert!(q.text.contains(order), "{}", q.text);
+            assert!(q.text.contains(apps), "{}", q.text);
+            assert!(
+                q.text
+                    .contains("LEFT JOIN latest_caller AS l_caller ON l_caller.k = CASE WHEN"),
+                "{}",
+                q.text
+            );
+            // The attributes are not grouped by; the key is.
+            let group_by = q.text.split("GROUP BY ").last().expect("group by");
+            assert!(group_by.contains("caller_id") && !group_by.contains("client_apps"));
+            // Only the time range is bound, once per use.
+            assert_eq!(q.params, [Param::From, Param::To]);
+        }
+    }
 }
