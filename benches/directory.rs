@@ -177,6 +177,39 @@ fn bench(c: &mut Criterion) {
         "the directory names the corpus's groups: {sample:?}"
     );
 
+    // The lookups alone: every group id and app id of the 100 records, against the loaded
+    // 200,000-user directory (what the directory's size could make slow), without building
+    // the record's group_names strings (what the contract column costs whatever the size).
+    let ids: Vec<(Vec<String>, Option<String>)> = entries
+        .iter()
+        .map(|e| {
+            let r = plain
+                .join(&ctx, EntryType::Http, e, RECEIVED)
+                .expect("joins");
+            (r.groups.map(|l| l.values).unwrap_or_default(), r.app_id)
+        })
+        .collect();
+    let per_record = ids.iter().map(|(g, _)| g.len()).sum::<usize>() as f64 / ids.len() as f64;
+    eprintln!("{per_record:.1} group ids per record on average");
+    let loaded = Directory::from_json(&bytes).expect("loads");
+    let mut g = c.benchmark_group("directory_lookups_100_records");
+    g.throughput(Throughput::Elements(ids.len() as u64));
+    g.bench_function("groups_and_app", |b| {
+        b.iter(|| {
+            let mut found = 0usize;
+            for (groups, app) in &ids {
+                for id in groups {
+                    found += usize::from(loaded.group_name(black_box(id)).is_some());
+                }
+                if let Some(a) = app {
+                    found += usize::from(loaded.app_name(black_box(a)).is_some());
+                }
+            }
+            black_box(found)
+        })
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("join_100_istio_entries");
     g.throughput(Throughput::Elements(entries.len() as u64));
     for (name, joiner) in [("without_directory", &plain), ("with_directory", &with_dir)] {
