@@ -74,6 +74,23 @@ impl User {
     }
 }
 
+/// Hex digit values; 0xff for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Parses an id in GUID form (`8-4-4-4-12` hex digits, either case) to its 128 bits.
 fn guid(s: &str) -> Option<u128> {
     let b = s.as_bytes();
@@ -81,19 +98,16 @@ fn guid(s: &str) -> Option<u128> {
         return None;
     }
     let mut v: u128 = 0;
-    for (i, &c) in b.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    let mut bad = 0u8;
+    for part in [&b[0..8], &b[9..13], &b[14..18], &b[19..23], &b[24..36]] {
+        for &c in part {
+            let d = HEX[c as usize];
+            bad |= d;
+            v = (v << 4) | u128::from(d & 0x0f);
         }
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u128::from(d);
     }
-    Some(v)
+    // A non-hex byte set the high bits of `bad` (0xff); hex digits never do.
+    (bad & 0xf0 == 0).then_some(v)
 }
 
 /// Hashes a GUID key by mixing its two halves: Entra object ids are random (v4) GUIDs, and the
