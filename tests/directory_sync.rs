@@ -710,6 +710,27 @@ fn sync_pages_throttles_deltas_and_keeps_the_last_good_snapshot() {
     assert_eq!(summary["users"], 3);
     assert!(state.lock().expect("lock").refused.is_empty());
 
+    // ---- a refused credential: the token endpoint's reason, the fix, the file untouched ----
+    let before = std::fs::read(&out).expect("snapshot");
+    let wrong = secrets_dir.join("wrong-secret");
+    std::fs::write(&wrong, "not-the-secret-9f8e").expect("secret");
+    let o = sync(
+        &base,
+        &out,
+        &["--client-secret-file", wrong.to_str().expect("utf-8")],
+        &[],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("HTTP 401") && err.contains("invalid_client") && err.contains("Fix:"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-secret-9f8e"), "{err}");
+    assert_eq!(std::fs::read(&out).expect("snapshot"), before);
+    state.lock().expect("lock").refused.clear();
+    outputs.push(o);
+
     // ---- two credentials: refused before anything is sent, naming both, quoting neither ---
     let from = log_len(&state);
     let o = sync(
