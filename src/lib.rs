@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod ceiling;
 pub mod config;
+pub mod directory_sync;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;

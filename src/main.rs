@@ -57,6 +57,9 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// The directory snapshot (--directory FILE of serve and report).
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
     /// In-process ceilings of join and Parquet encoding on one core (used by scripts/bench).
     #[command(hide = true)]
     BenchCeilings(meshaudit::ceiling::CeilingOptions),
@@ -71,6 +74,14 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         batch_rows: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Write the snapshot from Microsoft Graph (users, groups, service principals and managed
+    /// identities), atomically; later runs fetch only changes (delta queries). Prints a JSON
+    /// summary. A failed run leaves the last good snapshot in place.
+    Sync(meshaudit::directory_sync::SyncOptions),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -175,6 +186,13 @@ fn main() -> anyhow::Result<()> {
             let summary = runtime()?
                 .block_on(meshaudit::report::run(opts))
                 .context("meshaudit report failed")?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Directory(DirectoryCommand::Sync(opts)) => {
+            meshaudit::telemetry::init_logging(false);
+            let summary = runtime()?
+                .block_on(meshaudit::directory_sync::run(&opts))
+                .context("meshaudit directory sync failed")?;
             println!("{}", serde_json::to_string(&summary)?);
         }
         Command::BenchCeilings(opts) => {

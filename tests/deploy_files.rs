@@ -1761,3 +1761,53 @@ fn helpers_detect_what_the_checks_rely_on() {
     let refused = std::panic::catch_unwind(|| yaml_docs(&f));
     assert!(refused.is_err(), "an integer map key must be refused");
 }
+
+#[test]
+fn directory_sync_cronjob_runs_a_real_command_on_the_volume_the_collector_reads() {
+    let build = build(&deploy().join("collector-with-directory"));
+    let cron = build.one("CronJob");
+    let pod = &cron.doc["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let container = &seq_at(pod, "/containers", "CronJob containers")[0];
+    let args = strings(container.get("args"));
+    assert_eq!(args[..2], ["directory", "sync"], "{args:?}");
+    let flags = help_flags(&meshaudit(&["directory", "sync", "--help"]));
+    let out_at = args.iter().position(|a| a == "--out").expect("--out");
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            flags.contains(a.as_str()),
+            "{a} is not a flag of `meshaudit directory sync`"
+        );
+    }
+    let snapshot = &args[out_at + 1];
+    // The collector (patched) reads the file the CronJob writes, from the same claim.
+    let claim = |pod: &Value, path: &str| -> String {
+        let mount = seq_at(pod, "/containers", "containers")
+            .iter()
+            .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+            .find(|m| path.starts_with(m["mountPath"].as_str().unwrap_or("?")))
+            .unwrap_or_else(|| panic!("no mount holds {path}"));
+        let vol = seq_at(pod, "/volumes", "volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("volume")
+            .clone();
+        str_at(&vol, "/persistentVolumeClaim/claimName", "claim").to_owned()
+    };
+    let patch = yaml_doc(
+        &deploy()
+            .join("collector-with-directory")
+            .join("collector-directory.yaml"),
+    );
+    let collector_pod = &patch["spec"]["template"]["spec"];
+    let collector_args = strings(collector_pod["containers"][0].get("args"));
+    let dir_at = collector_args
+        .iter()
+        .position(|a| a == "--directory")
+        .expect("--directory");
+    assert_eq!(&collector_args[dir_at + 1], snapshot);
+    assert_eq!(claim(pod, snapshot), claim(collector_pod, snapshot));
+    let pvc = build.one("PersistentVolumeClaim");
+    assert_eq!(pvc.name(), claim(pod, snapshot));
+    assert!(strings(pvc.doc["spec"].get("accessModes")).contains(&"ReadWriteMany".to_owned()));
+    assert_eq!(cron.doc["spec"]["concurrencyPolicy"], "Forbid");
+}

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 const TID: &str = "11111111-2222-3333-4444-555555555555";
 const API: &str = "7f1b2c3d-0000-4000-8000-00000000a001";
 const WEB_APP: &str = "2a3b4c5d-0000-4000-8000-00000000c001";
+const CLI_APP: &str = "2a3b4c5d-0000-4000-8000-00000000c00c";
 const SP_APP: &str = "3c4d5e6f-0000-4000-8000-00000000c002";
 const MI_APP: &str = "4d5e6f70-0000-4000-8000-00000000c003";
 const SP_OID: &str = "8a8a8a8a-0000-4000-8000-00000000d001";
@@ -54,6 +55,16 @@ fn user_claims(upn: &str, oid: &str) -> Value {
         "preferred_username": upn, "name": "A User", "oid": oid, "sub": format!("sub-{oid}"),
         "tid": TID, "scp": "Orders.Read", "uti": format!("uti-{oid}")
     })
+}
+
+/// A person whose token carries no name claim (Entra v2 access tokens often do not).
+fn nameless(oid: &str, app: &str) -> Value {
+    let mut c = user_claims("", oid);
+    let o = c.as_object_mut().expect("object");
+    o.remove("preferred_username");
+    o.remove("name");
+    c["azp"] = json!(app);
+    c
 }
 
 fn ada() -> Value {
@@ -193,6 +204,34 @@ fn entries(rogue_token: &str) -> Vec<HttpAccessLogEntry> {
         out.push(next().no_peer().to(CATALOG));
     }
     out.push(next().claims(ada()).to(CATALOG));
+    // People, not their client app: two nameless people through orders-web (3 and 2), and dan
+    // through two client apps, renamed between them (the later name is the one shown).
+    for _ in 0..3 {
+        out.push(next().claims(nameless("oid-nn1", WEB_APP)));
+    }
+    for _ in 0..2 {
+        out.push(next().claims(nameless("oid-nn2", WEB_APP)));
+    }
+    let dan = |upn: &str, app: &str| {
+        let mut c = user_claims(upn, "oid-dan");
+        c["azp"] = json!(app);
+        c
+    };
+    out.push(
+        next()
+            .claims(dan("dan@old.example", WEB_APP))
+            .at(FROM_SECS + 60, 0),
+    );
+    out.push(
+        next()
+            .claims(dan("dan@old.example", WEB_APP))
+            .at(FROM_SECS + 61, 0),
+    );
+    out.push(
+        next()
+            .claims(dan("dan@new.example", CLI_APP))
+            .at(FROM_SECS + 62, 0),
+    );
     // Range boundaries: 09:59:59.999999 (out), 11:00:00.000000 (out), 10:00:00.000000 (in).
     out.push(next().claims(ada()).at(FROM_SECS - 1, 999_999_000));
     out.push(next().no_peer().at(FROM_SECS + 3600, 0));
@@ -200,8 +239,8 @@ fn entries(rogue_token: &str) -> Vec<HttpAccessLogEntry> {
     out.into_iter().map(|e| e.0).collect()
 }
 
-const IN_RANGE: u64 = 28;
-const ALL: u64 = 30;
+const IN_RANGE: u64 = 36;
+const ALL: u64 = 38;
 
 // ---- running the report -------------------------------------------------------------------
 
@@ -286,16 +325,17 @@ fn sha256_hex(b: &[u8]) -> String {
 
 /// Exact numbers for the scenario in `entries`.
 fn assert_expected_numbers(doc: &Value) {
-    // Access review: 28 records = 12 verified + 4 mTLS workloads + 12 unverified; 8 denied.
+    // Access review: 36 records = 20 verified + 4 mTLS workloads + 12 unverified; 8 denied.
     assert_eq!(
         totals(doc, "access_review"),
-        json!({"requests": IN_RANGE, "verified": 12, "mtls_workload": 4, "peer_metadata_workload": 0, "unverified": 12, "denied": 8})
+        json!({"requests": IN_RANGE, "verified": 20, "mtls_workload": 4, "peer_metadata_workload": 0, "unverified": 12, "denied": 8})
     );
+    assert_people(doc);
     let ada_orders = one(
         doc,
         "access_review",
         &[
-            ("identity", json!("ada@contoso.example")),
+            ("caller", json!("ada@contoso.example")),
             ("destination_service", json!(ORDERS)),
         ],
     );
@@ -313,7 +353,7 @@ fn assert_expected_numbers(doc: &Value) {
     let eve = one(
         doc,
         "access_review",
-        &[("identity", json!("eve@contoso.example"))],
+        &[("caller", json!("eve@contoso.example"))],
     );
     assert_eq!(
         (
@@ -332,7 +372,8 @@ fn assert_expected_numbers(doc: &Value) {
             ("destination_service", json!(ORDERS)),
         ],
     );
-    assert_eq!(workloads["identity"], CHECKOUT);
+    assert_eq!(workloads["caller"], CHECKOUT);
+    assert_eq!(workloads["caller_id"], CHECKOUT);
     assert_eq!(
         (
             &workloads["requests"],
@@ -349,7 +390,8 @@ fn assert_expected_numbers(doc: &Value) {
             ("destination_service", json!(ORDERS)),
         ],
     );
-    assert_eq!(anon["identity"], Value::Null);
+    assert_eq!(anon["caller"], Value::Null);
+    assert_eq!(anon["caller_id"], Value::Null);
     assert_eq!(
         (&anon["requests"], &anon["unverified"]),
         (&json!(8), &json!(8))
@@ -393,7 +435,7 @@ fn assert_expected_numbers(doc: &Value) {
         doc,
         "privileged_access",
         &[
-            ("identity", json!("ada@contoso.example")),
+            ("caller", json!("ada@contoso.example")),
             ("destination_service", json!(ORDERS)),
         ],
     );
@@ -404,7 +446,7 @@ fn assert_expected_numbers(doc: &Value) {
     let forged = one(
         doc,
         "privileged_access",
-        &[("identity", json!("eve@contoso.example"))],
+        &[("caller", json!("eve@contoso.example"))],
     );
     assert_eq!(
         (&forged["verified"], &forged["unverified"]),
@@ -419,10 +461,10 @@ fn assert_expected_numbers(doc: &Value) {
         &[("identity_kind", json!("service_principal"))],
     );
     assert_eq!(
-        (&sp["app_id"], &sp["object_id"], &sp["requests"]),
+        (&sp["caller_id"], &sp["object_id"], &sp["requests"]),
         (&json!(SP_APP), &json!(SP_OID), &json!(2))
     );
-    assert_eq!(sp["app_display_name"], "billing-agent");
+    assert_eq!(sp["caller"], "billing-agent");
     let mi = one(
         doc,
         "non_human_access",
@@ -489,7 +531,7 @@ fn assert_expected_numbers(doc: &Value) {
         (
             &forged["token_status"],
             &forged["not_denied"],
-            &forged["identity"]
+            &forged["caller"]
         ),
         (
             &json!("bad_signature"),
@@ -516,7 +558,7 @@ fn assert_expected_numbers(doc: &Value) {
     .iter()
     .map(|r| r["requests"].as_u64().expect("n"))
     .sum();
-    assert_eq!(checkout, 17);
+    assert_eq!(checkout, 25);
     let c = one(
         doc,
         "source_workloads",
@@ -530,6 +572,37 @@ fn assert_expected_numbers(doc: &Value) {
         (&json!("orders"), &json!("checkout"))
     );
     assert_eq!(section(doc, "source_workloads")["records"], IN_RANGE);
+}
+
+/// Each person is one row, keyed by object id, whatever client app they used or name they had.
+fn assert_people(doc: &Value) {
+    let person = |oid: &str| one(doc, "access_review", &[("caller_id", json!(oid))]);
+    let nn1 = person("oid-nn1");
+    let nn2 = person("oid-nn2");
+    for (p, n) in [(nn1, 3), (nn2, 2)] {
+        assert_eq!(
+            (&p["identity_kind"], &p["caller"], &p["client_apps"]),
+            (&json!("user"), &Value::Null, &json!(["orders-web"])),
+            "{p}"
+        );
+        assert_eq!((&p["requests"], &p["verified"]), (&json!(n), &json!(n)));
+    }
+    let dan = person("oid-dan");
+    assert_eq!(dan["caller"], "dan@new.example");
+    assert_eq!(dan["client_apps"], json!(["admin-cli", "orders-web"]));
+    assert_eq!((&dan["requests"], &dan["verified"]), (&json!(3), &json!(3)));
+    assert!(rows(doc, "access_review", &[("caller", json!("orders-web"))]).is_empty());
+    // ada is one person through one app, with her token's name.
+    let ada = one(
+        doc,
+        "access_review",
+        &[
+            ("caller_id", json!("oid-ada")),
+            ("destination_service", json!(ORDERS)),
+        ],
+    );
+    assert_eq!(ada["caller"], "ada@contoso.example");
+    assert_eq!(ada["client_apps"], json!(["orders-web"]));
 }
 
 /// Every file is in the manifest with its hash, and `sha256sum -c` agrees.
@@ -650,12 +723,12 @@ fn assert_csv(dir: &Path, doc: &Value) {
     let header = csv.lines().next().expect("header");
     assert_eq!(
         header,
-        "identity_kind,identity,destination_namespace,destination_service,requests,verified,mtls_workload,peer_metadata_workload,unverified,denied"
+        "identity_kind,caller,caller_id,client_apps,destination_namespace,destination_service,requests,verified,mtls_workload,peer_metadata_workload,unverified,denied"
     );
     assert!(csv.ends_with("\r\n"));
     assert!(
         csv.contains(&format!(
-            "\r\nuser,'{FORMULA_USER},shop,{ORDERS},1,1,0,0,0,0\r\n"
+            "\r\nuser,'{FORMULA_USER},oid-formula,\"[\"\"orders-web\"\"]\",shop,{ORDERS},1,1,0,0,0,0\r\n"
         )),
         "{csv}"
     );
@@ -679,7 +752,7 @@ fn assert_csv(dir: &Path, doc: &Value) {
     let p = std::fs::read_to_string(dir.join("privileged_access.csv")).expect("csv");
     assert!(p.contains(&format!("\"[\"\"{APPROVER}\"\"]\"")), "{p}");
     // The JSON keeps the value exactly.
-    one(doc, "access_review", &[("identity", json!(FORMULA_USER))]);
+    one(doc, "access_review", &[("caller", json!(FORMULA_USER))]);
     assert!(doc["csv_note"]
         .as_str()
         .expect("note")
@@ -732,7 +805,8 @@ fn postgres_and_parquet_reports_agree_and_match_the_inputs() {
     let directory = tmp.path().join("directory.json");
     std::fs::write(
         &directory,
-        json!({"applications": {SP_APP: "billing-agent"}, "managed_identities": [MI_OID]})
+        json!({"applications": {SP_APP: "billing-agent", WEB_APP: "orders-web", CLI_APP: "admin-cli"},
+               "managed_identities": [MI_OID]})
             .to_string(),
     )
     .expect("directory");
@@ -825,6 +899,56 @@ fn postgres_and_parquet_reports_agree_and_match_the_inputs() {
             std::fs::read(out_pg.join(&name)).expect("csv"),
             std::fs::read(out_pq.join(&name)).expect("csv"),
             "{name}"
+        );
+    }
+
+    // `--directory`: the newest directory names callers the records could not (or named
+    // differently), from both stores alike, and the report says which snapshot it used.
+    assert_eq!(from_pg["directory"], Value::Null);
+    let newest = tmp.path().join("newest-directory.json");
+    std::fs::write(
+        &newest,
+        json!({"users": {"OID-NN1": {"upn": "nn1@contoso.example", "user_type": "Member"},
+                         "oid-dan": {"display_name": "Dan Directory"}},
+               "applications": {SP_APP: "billing-agent-v2"},
+               "synced_at": "2026-03-03T00:00:00.000000Z"})
+        .to_string(),
+    )
+    .expect("directory");
+    let newest_arg = ["--directory", newest.to_str().expect("utf-8")];
+    let (dir_pg, dir_pq) = (tmp.path().join("dir-pg"), tmp.path().join("dir-pq"));
+    run(&dir_pg, ["--database-url", &url], &newest_arg);
+    run(&dir_pq, ["--data-dir", data_str], &newest_arg);
+    let (dir_pg, dir_pq) = (load(&dir_pg), load(&dir_pq));
+    assert_eq!(
+        numbers(&dir_pg),
+        numbers(&dir_pq),
+        "same names from both stores"
+    );
+    for d in [&dir_pg, &dir_pq] {
+        let by_id =
+            |id: &str| one(d, "access_review", &[("caller_id", json!(id))])["caller"].clone();
+        assert_eq!(by_id("oid-nn1"), "nn1@contoso.example");
+        assert_eq!(by_id("oid-nn2"), Value::Null, "unknown to the directory");
+        assert_eq!(
+            by_id("oid-dan"),
+            "Dan Directory",
+            "the newest directory wins"
+        );
+        assert_eq!(
+            one(d, "non_human_access", &[("caller_id", json!(SP_APP))])["caller"],
+            "billing-agent-v2"
+        );
+        assert_eq!(d["directory"]["synced_at"], "2026-03-03T00:00:00.000000Z");
+        assert!(d["directory"]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("newest-directory.json")));
+        // nn1, dan and the service principal in access_review; the principal in non_human.
+        assert_eq!(d["directory"]["relabelled_rows"], 4);
+        assert_eq!(
+            totals(d, "access_review"),
+            totals(&from_pg, "access_review"),
+            "only names change"
         );
     }
 
@@ -1034,6 +1158,15 @@ fn bad_arguments_name_the_flag_and_the_fix() {
     args.push(bad_toml.to_str().expect("utf-8").into());
     let args = as_strs(&args);
     fails_with(&args, &["--privileged-config", "unknown field", "Fix:"]);
+    let bad_dir = tmp.path().join("directory.json");
+    std::fs::write(&bad_dir, r#"{"users": []}"#).expect("directory");
+    let mut args = with(&[]);
+    args.push("--directory".into());
+    args.push(bad_dir.to_str().expect("utf-8").into());
+    fails_with(
+        &as_strs(&args),
+        &["--directory", "not a directory snapshot", "Fix:"],
+    );
     assert!(!out.exists(), "nothing written on bad arguments");
 
     // An empty data dir gives an empty but complete report; a second run into the same

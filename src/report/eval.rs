@@ -5,9 +5,10 @@
 //! All sections are evaluated in one pass over the data. The caller removes duplicate records
 //! (same `record_id`) before calling [`Evaluator::push`]; see `parquet_source.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, ListArray, RecordBatch, StringArray};
 
 use super::result::{Key, Row, Table};
@@ -45,7 +46,41 @@ enum CPred {
 enum CGroup {
     Col(usize),
     Coalesce(Vec<usize>),
+    Case(Vec<(CPred, Vec<usize>)>),
     Intersect(usize, HashSet<String>),
+    /// Filled in by [`CSection::finish`] from tracker `.0`, looked up by the group value at
+    /// position `.1`; NULL while grouping (it depends on the key alone).
+    Latest(usize, usize),
+    /// Accumulated per group into attribute slot `.1`; NULL while grouping.
+    Values(Box<CGroup>, usize),
+}
+
+/// [`GroupExpr::Latest`]: the newest label per key over every record of the range.
+struct CLatest {
+    name: &'static str,
+    key: CGroup,
+    label: CGroup,
+    /// key → (start_time, label) of the newest labelled record.
+    newest: HashMap<String, (i64, String)>,
+}
+
+impl CLatest {
+    fn push(&mut self, cols: &Cols<'_>, row: usize, start: i64) {
+        let (Some(k), Some(l)) = (self.key.text(cols, row), self.label.text(cols, row)) else {
+            return;
+        };
+        match self.newest.get_mut(k) {
+            // Greatest start_time, then greatest label in byte order: as the SQL's ORDER BY.
+            Some(e) => {
+                if (start, l) > (e.0, e.1.as_str()) {
+                    *e = (start, l.to_owned());
+                }
+            }
+            None => {
+                self.newest.insert(k.to_owned(), (start, l.to_owned()));
+            }
+        }
+    }
 }
 
 enum CMeasure {
@@ -58,11 +93,20 @@ enum Acc {
     Distinct(HashSet<String>),
 }
 
+/// What a group accumulates: one accumulator per measure, one value set per
+/// [`CGroup::Values`] attribute.
+struct GroupAcc {
+    measures: Vec<Acc>,
+    values: Vec<BTreeSet<String>>,
+}
+
 struct CSection {
     filter: Option<CPred>,
     group: Vec<CGroup>,
     measures: Vec<CMeasure>,
-    groups: HashMap<Vec<Key>, Vec<Acc>>,
+    groups: HashMap<Vec<Key>, GroupAcc>,
+    /// How many [`CGroup::Values`] attributes each group has.
+    values: usize,
     baseline: Option<CBaseline>,
 }
 
@@ -116,6 +160,8 @@ pub struct Evaluator {
     /// Column name per slot, and whether it is a list.
     slots: Vec<(&'static str, bool)>,
     sections: Vec<CSection>,
+    /// Shared by every section that names the same latest-label column.
+    latest: Vec<CLatest>,
 }
 
 impl Evaluator {
@@ -123,12 +169,42 @@ impl Evaluator {
         let mut b = Builder {
             slots: Vec::new(),
             params,
+            latest: Vec::new(),
         };
         let sections = sections
             .iter()
-            .map(|s| CSection {
+            .map(|s| {
+                let mut values = 0;
+                let group = s
+                    .group_by
+                    .iter()
+                    .map(|g| match &g.expr {
+                        GroupExpr::Latest { key, label } => {
+                            let pos = s.group_by.iter().position(|k| k.name == *key);
+                            let key = s.group(key).map(|k| &k.expr);
+                            match (pos, key) {
+                                (Some(pos), Some(key)) => {
+                                    CGroup::Latest(b.latest(g.name, key, label), pos)
+                                }
+                                // spec.rs's test holds every Latest to an existing key.
+                                _ => CGroup::Coalesce(Vec::new()),
+                            }
+                        }
+                        GroupExpr::Values(e) => {
+                            values += 1;
+                            CGroup::Values(Box::new(b.group(e)), values - 1)
+                        }
+                        e => b.group(e),
+                    })
+                    .collect();
+                (s, group, values)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(s, group, values)| CSection {
                 filter: s.filter.as_ref().map(|p| b.pred(p)),
-                group: s.group_by.iter().map(|g| b.group(&g.expr)).collect(),
+                group,
+                values,
                 measures: s
                     .measures
                     .iter()
@@ -155,6 +231,7 @@ impl Evaluator {
         Evaluator {
             slots: b.slots,
             sections,
+            latest: b.latest,
         }
     }
 
@@ -184,7 +261,25 @@ impl Evaluator {
             cols.push(col);
         }
         let cols = Cols(cols);
+        let starts = if self.latest.is_empty() {
+            None
+        } else {
+            Some(
+                batch
+                    .column_by_name("start_time")
+                    .and_then(|a| a.as_primitive_opt::<TimestampMicrosecondType>())
+                    .ok_or_else(|| wrong_type("start_time"))?,
+            )
+        };
         for (row, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+            if let Some(starts) = starts {
+                if starts.is_valid(row) {
+                    let t = starts.value(row);
+                    for l in &mut self.latest {
+                        l.push(&cols, row, t);
+                    }
+                }
+            }
             for s in &mut self.sections {
                 s.push(&cols, row);
             }
@@ -194,7 +289,11 @@ impl Evaluator {
 
     /// The result of each section, in the order given to [`Evaluator::new`].
     pub fn finish(self) -> Vec<Table> {
-        self.sections.into_iter().map(CSection::finish).collect()
+        let latest = self.latest;
+        self.sections
+            .into_iter()
+            .map(|s| s.finish(&latest))
+            .collect()
     }
 }
 
@@ -207,6 +306,7 @@ fn wrong_type(name: &str) -> ReportError {
 struct Builder<'p> {
     slots: Vec<(&'static str, bool)>,
     params: &'p ListParams,
+    latest: Vec<CLatest>,
 }
 
 impl Builder<'_> {
@@ -218,6 +318,22 @@ impl Builder<'_> {
                 self.slots.len() - 1
             }
         }
+    }
+
+    /// The tracker of the latest-label column `name` (one per name: spec.rs's test holds every
+    /// use of a name to one definition).
+    fn latest(&mut self, name: &'static str, key: &GroupExpr, label: &GroupExpr) -> usize {
+        if let Some(i) = self.latest.iter().position(|l| l.name == name) {
+            return i;
+        }
+        let l = CLatest {
+            name,
+            key: self.group(key),
+            label: self.group(label),
+            newest: HashMap::new(),
+        };
+        self.latest.push(l);
+        self.latest.len() - 1
     }
 
     fn set(&self, p: Param) -> HashSet<String> {
@@ -243,6 +359,18 @@ impl Builder<'_> {
                 CGroup::Coalesce(cs.iter().map(|c| self.slot(c, false)).collect())
             }
             GroupExpr::Intersect(c, p) => CGroup::Intersect(self.slot(c, true), self.set(*p)),
+            GroupExpr::Case(arms) => CGroup::Case(
+                arms.iter()
+                    .map(|(p, cs)| {
+                        (
+                            self.pred(p),
+                            cs.iter().map(|c| self.slot(c, false)).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            // Only valid as a section's group column (handled in `Evaluator::new`).
+            GroupExpr::Latest { .. } | GroupExpr::Values(_) => CGroup::Coalesce(Vec::new()),
         }
     }
 }
@@ -287,10 +415,25 @@ impl CPred {
 }
 
 impl CGroup {
+    /// A per-record text value (Col, Coalesce, Case); `None` is NULL.
+    fn text<'a>(&self, cols: &Cols<'a>, row: usize) -> Option<&'a str> {
+        match self {
+            CGroup::Col(s) => cols.text(*s, row),
+            CGroup::Coalesce(ss) => ss.iter().find_map(|s| cols.text(*s, row)),
+            CGroup::Case(arms) => arms
+                .iter()
+                .find(|(p, _)| p.holds(cols, row))
+                .and_then(|(_, ss)| ss.iter().find_map(|s| cols.text(*s, row))),
+            CGroup::Intersect(..) | CGroup::Latest(..) | CGroup::Values(..) => None,
+        }
+    }
+
     fn key(&self, cols: &Cols<'_>, row: usize) -> Key {
         match self {
-            CGroup::Col(s) => Key::from_text(cols.text(*s, row)),
-            CGroup::Coalesce(ss) => Key::from_text(ss.iter().find_map(|s| cols.text(*s, row))),
+            CGroup::Col(_) | CGroup::Coalesce(_) | CGroup::Case(_) => {
+                Key::from_text(self.text(cols, row))
+            }
+            CGroup::Latest(..) | CGroup::Values(..) => Key::Null,
             CGroup::Intersect(s, set) => {
                 let mut v: Vec<String> = cols
                     .list(*s, row)
@@ -326,15 +469,32 @@ impl CSection {
             }
         }
         let key: Vec<Key> = self.group.iter().map(|g| g.key(cols, row)).collect();
-        let accs = self.groups.entry(key).or_insert_with(|| {
-            self.measures
+        let GroupAcc {
+            measures: accs,
+            values,
+        } = self.groups.entry(key).or_insert_with(|| {
+            let accs = self
+                .measures
                 .iter()
                 .map(|m| match m {
                     CMeasure::Records(_) => Acc::Count(0),
                     CMeasure::Distinct(..) => Acc::Distinct(HashSet::new()),
                 })
-                .collect()
+                .collect();
+            GroupAcc {
+                measures: accs,
+                values: vec![BTreeSet::new(); self.values],
+            }
         });
+        for g in &self.group {
+            if let CGroup::Values(e, slot) = g {
+                if let Some(v) = e.text(cols, row) {
+                    if !values[*slot].contains(v) {
+                        values[*slot].insert(v.to_owned());
+                    }
+                }
+            }
+        }
         for (m, acc) in self.measures.iter().zip(accs.iter_mut()) {
             let (filter, distinct) = match m {
                 CMeasure::Records(f) => (f, None),
@@ -358,8 +518,9 @@ impl CSection {
         }
     }
 
-    fn finish(self) -> Table {
+    fn finish(self, latest: &[CLatest]) -> Table {
         let baseline = self.baseline;
+        let group = self.group;
         let rows = self
             .groups
             .into_iter()
@@ -370,6 +531,33 @@ impl CSection {
                     100 * u128::from(*hit) > u128::from(b.min_percent) * u128::from(*all)
                 })
             })
+            .map(
+                |(
+                    mut keys,
+                    GroupAcc {
+                        measures: accs,
+                        values,
+                    },
+                )| {
+                    for (i, g) in group.iter().enumerate() {
+                        match g {
+                            CGroup::Latest(t, pos) => {
+                                keys[i] = match &keys[*pos] {
+                                    Key::Text(k) => Key::from_text(
+                                        latest[*t].newest.get(k).map(|(_, l)| l.as_str()),
+                                    ),
+                                    _ => Key::Null,
+                                };
+                            }
+                            CGroup::Values(_, slot) => {
+                                keys[i] = Key::List(values[*slot].iter().cloned().collect());
+                            }
+                            _ => {}
+                        }
+                    }
+                    (keys, accs)
+                },
+            )
             .map(|(keys, accs)| Row {
                 keys,
                 measures: accs
@@ -604,10 +792,13 @@ mod tests {
         a.user_principal = Some("ada".into());
         a.object_id = Some("o1".into());
         let mut b = rec("workload", "absent", Some("d"), None);
-        b.source_principal = Some("spiffe://x".into());
+        b.display_name = Some("W".into());
         let s = section(
             None,
-            vec![by("identity", super::super::spec::identity_label())],
+            vec![by(
+                "identity",
+                GroupExpr::Coalesce(vec!["user_principal", "display_name"]),
+            )],
             vec![
                 count("requests", None),
                 Measure {
@@ -619,10 +810,81 @@ mod tests {
         );
         let rows = run(s, &ListParams::default(), &[a, b]);
         let keys: Vec<&Key> = rows.iter().map(|r| &r.keys[0]).collect();
+        assert_eq!(keys, [&Key::Text("W".into()), &Key::Text("ada".into())]);
+        assert_eq!(rows[1].measures, [1, 1]);
+    }
+
+    fn person(id: &str, oid: &str, app: &str, upn: Option<&str>, t: i64) -> AuditRecord {
+        let mut r = rec("user", "verified", Some("d"), None);
+        r.record_id = id.into();
+        r.object_id = Some(oid.into());
+        r.app_id = Some(format!("id-{app}"));
+        r.app_display_name = Some(app.into());
+        r.user_principal = upn.map(str::to_owned);
+        r.start_time = Some(t);
+        r
+    }
+
+    fn text(s: &str) -> Key {
+        Key::Text(s.into())
+    }
+
+    #[test]
+    fn the_caller_is_the_person_with_the_latest_name_and_the_client_apps_beside() {
+        let access_review = super::super::spec::sections().remove(0);
+        assert_eq!(access_review.id, "access_review");
+        let mut sp = rec("service_principal", "verified", Some("d"), None);
+        sp.record_id = "sp".into();
+        sp.app_id = Some("app-sp".into());
+        sp.object_id = Some("oid-sp".into());
+        sp.app_display_name = Some("billing-agent".into());
+        sp.start_time = Some(5);
+        let records = [
+            // Two people without name claims through the same client app.
+            person("1", "oid-a", "orders-web", None, 1),
+            person("2", "oid-a", "orders-web", None, 2),
+            person("3", "oid-b", "orders-web", None, 3),
+            // One person through two client apps whose name changes: the newest name wins,
+            // also for rows before the change; a later record without a name changes nothing.
+            person("4", "oid-c", "orders-web", Some("carol@old.example"), 10),
+            person("5", "oid-c", "admin-cli", Some("carol@new.example"), 20),
+            person("6", "oid-c", "admin-cli", None, 30),
+            sp,
+        ];
+        let batch = to_record_batch(&records).expect("batch");
+        let mut e = Evaluator::new(std::slice::from_ref(&access_review), &ListParams::default());
+        e.push(&batch, &vec![true; records.len()]).expect("push");
+        let rows = e.finish().remove(0).rows;
+        let names: Vec<&str> = access_review.group_by.iter().map(|g| g.name).collect();
         assert_eq!(
-            keys,
-            [&Key::Text("ada".into()), &Key::Text("spiffe://x".into())]
+            names[..4],
+            ["identity_kind", "caller", "caller_id", "client_apps"]
         );
-        assert_eq!(rows[0].measures, [1, 1]);
+        let got: Vec<(Key, Key, Key, u64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.keys[1].clone(),
+                    r.keys[2].clone(),
+                    r.keys[3].clone(),
+                    r.measures[0],
+                )
+            })
+            .collect();
+        let apps = |v: &[&str]| Key::List(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            got,
+            [
+                (
+                    text("carol@new.example"),
+                    text("oid-c"),
+                    apps(&["admin-cli", "orders-web"]),
+                    3
+                ),
+                (Key::Null, text("oid-a"), apps(&["orders-web"]), 2),
+                (text("billing-agent"), text("app-sp"), apps(&[]), 1),
+                (Key::Null, text("oid-b"), apps(&["orders-web"]), 1),
+            ]
+        );
     }
 }

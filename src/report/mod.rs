@@ -12,6 +12,7 @@ pub mod eval;
 pub mod parquet_source;
 pub mod postgres_source;
 pub mod privileged;
+pub mod relabel;
 pub mod render;
 pub mod result;
 pub mod spec;
@@ -65,6 +66,8 @@ pub enum ReportError {
     NoTable,
     #[error(transparent)]
     Postgres(#[from] PgError),
+    #[error("--directory {path}: {reason}. Fix: point --directory at a snapshot written by `meshaudit directory sync` (or the collector's --directory file)")]
+    Directory { path: PathBuf, reason: String },
     #[error("the Parquet scan stopped unexpectedly: {0}")]
     Task(String),
 }
@@ -108,6 +111,20 @@ pub struct ReportOptions {
     /// A TOML file with `roles = [...]` and `groups = [...]`, added to the flags above.
     #[arg(long, value_name = "FILE")]
     pub privileged_config: Option<PathBuf>,
+    /// A directory snapshot (`meshaudit directory sync`): callers are labelled with the names
+    /// it gives their object or application ids, and the report says which snapshot it used.
+    #[arg(long, value_name = "FILE")]
+    pub directory: Option<PathBuf>,
+}
+
+/// The directory snapshot a report labelled callers with.
+pub struct DirectoryUsed {
+    pub path: String,
+    /// When `meshaudit directory sync` wrote it, if it says.
+    pub synced_at: Option<String>,
+    pub users: usize,
+    /// Result rows whose caller got the directory's name instead of the records'.
+    pub relabelled_rows: u64,
 }
 
 /// Where the records came from.
@@ -154,6 +171,7 @@ pub struct Report {
     pub range: TimeRange,
     pub source: Source,
     pub privileged: ListParams,
+    pub directory: Option<DirectoryUsed>,
     pub sections: Vec<SectionReport>,
 }
 
@@ -287,9 +305,23 @@ pub async fn run(opts: ReportOptions) -> Result<Value, ReportError> {
         (None, Some(dir)) => return Err(ReportError::DataDir(dir.clone())),
         _ => return Err(ReportError::Source),
     };
+    let directory = match &opts.directory {
+        Some(path) => {
+            let bad = |reason: String| ReportError::Directory {
+                path: path.clone(),
+                reason,
+            };
+            let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+            let dir = crate::join::identity::directory::Directory::from_json(&bytes)
+                .map_err(|e| bad(format!("not a directory snapshot ({e})")))?;
+            let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            Some((dir, shown.display().to_string()))
+        }
+        None => None,
+    };
     prepare_out(&opts.out)?;
 
-    let (tables, source) = match source_kind {
+    let (mut tables, source) = match source_kind {
         Ok(url) => {
             let target = postgres_source::describe(&url)?;
             let tables = postgres_source::run(&url, &sections, &range, &privileged).await?;
@@ -312,11 +344,18 @@ pub async fn run(opts: ReportOptions) -> Result<Value, ReportError> {
         }
     };
 
+    let directory = directory.map(|(dir, path)| DirectoryUsed {
+        relabelled_rows: relabel::relabel(&sections, &mut tables, &dir),
+        path,
+        synced_at: dir.synced_at().map(str::to_owned),
+        users: dir.users(),
+    });
     let mut report = Report {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         range,
         source,
         privileged,
+        directory,
         sections: Vec::new(),
     };
     let mut evaluated = Vec::with_capacity(sections.len());

@@ -90,11 +90,14 @@ fn read_row(s: &Section, r: &PgRow) -> Result<Row, sqlx::Error> {
     let mut keys = Vec::with_capacity(s.group_by.len());
     for (i, g) in s.group_by.iter().enumerate() {
         keys.push(match g.expr {
-            GroupExpr::Intersect(..) => {
+            GroupExpr::Intersect(..) | GroupExpr::Values(_) => {
                 let v: Option<Vec<String>> = r.try_get(i)?;
                 Key::List(v.unwrap_or_default())
             }
-            GroupExpr::Col(_) | GroupExpr::Coalesce(_) => {
+            GroupExpr::Col(_)
+            | GroupExpr::Coalesce(_)
+            | GroupExpr::Case(_)
+            | GroupExpr::Latest { .. } => {
                 let v: Option<String> = r.try_get(i)?;
                 Key::from_text(v.as_deref())
             }

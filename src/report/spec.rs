@@ -61,6 +61,23 @@ pub enum GroupExpr {
     /// The distinct elements of a `text[]` column that are in a list parameter, sorted by
     /// byte value; empty (never NULL) when there are none or the column is NULL.
     Intersect(&'static str, Param),
+    /// `CASE WHEN p1 THEN coalesce(cols1) WHEN p2 THEN ... END`: the first arm whose condition
+    /// holds (unknown does not) gives the first non-NULL of its text columns; no arm, NULL.
+    Case(Vec<(Pred, Vec<&'static str>)>),
+    /// An attribute of a group, not a grouping: the `label` (a [`GroupExpr::Col`],
+    /// [`GroupExpr::Coalesce`] or [`GroupExpr::Case`]) of the newest record (greatest
+    /// `start_time`; on a tie, the greatest label in byte order) among ALL records of the time
+    /// range, whatever the section's filter, whose value of the group column `key` equals this
+    /// group's; records without a label are skipped. NULL for a NULL key or when no record has a
+    /// label. "A name that changes within the range is one row, with the latest name."
+    Latest {
+        key: &'static str,
+        label: Box<GroupExpr>,
+    },
+    /// An attribute of a group, not a grouping: the distinct non-NULL values of a per-record
+    /// text expression (Col, Coalesce or Case) over the group's records, sorted by byte value;
+    /// empty, never NULL.
+    Values(Box<GroupExpr>),
 }
 
 #[derive(Debug, Clone)]
@@ -182,28 +199,76 @@ pub const TOKEN_ANOMALIES: [&str; 7] = [
 /// A human-readable caller: UPN, else app name, else app id, else object id, else subject,
 /// else the mTLS peer. It is what the caller CLAIMED; the verified/unverified measures beside it
 /// say whether the claim can be trusted.
-pub fn identity_label() -> GroupExpr {
-    GroupExpr::Coalesce(vec![
-        "user_principal",
-        "app_display_name",
-        "app_id",
-        "object_id",
-        "subject",
-        "source_principal",
+/// Identity kinds that are people: identified by their object id.
+pub const PERSON_KINDS: [&str; 2] = [v::KIND_USER, v::KIND_GUEST];
+/// Identity kinds that are applications acting as themselves: identified by their app id.
+pub const APP_KINDS: [&str; 2] = [v::KIND_SERVICE_PRINCIPAL, v::KIND_MANAGED_IDENTITY];
+
+fn person() -> Pred {
+    Pred::In("identity_kind", PERSON_KINDS.to_vec())
+}
+
+fn application() -> Pred {
+    Pred::In("identity_kind", APP_KINDS.to_vec())
+}
+
+/// THE caller: who made the request, never the client application a person used. The stable
+/// key: a person (user, guest) by object id (else subject); a service principal or managed
+/// identity by application id (else object id, else subject); an mTLS workload by SPIFFE id.
+/// NULL for anonymous callers. It is what the caller CLAIMED; the verified/unverified measures
+/// beside it say whether the claim can be trusted.
+pub fn caller_id() -> GroupExpr {
+    GroupExpr::Case(vec![
+        (person(), vec!["object_id", "subject"]),
+        (application(), vec!["app_id", "object_id", "subject"]),
+        (
+            Pred::Eq("identity_kind", v::KIND_WORKLOAD),
+            vec!["source_principal"],
+        ),
     ])
+}
+
+/// The caller's name in one record: a person's name claim (UPN-like, else `name`); an
+/// application's display name (from the directory at ingest); a workload's SPIFFE id.
+pub fn caller_name() -> GroupExpr {
+    GroupExpr::Case(vec![
+        (person(), vec!["user_principal", "display_name"]),
+        (application(), vec!["app_display_name"]),
+        (
+            Pred::Eq("identity_kind", v::KIND_WORKLOAD),
+            vec!["source_principal"],
+        ),
+    ])
+}
+
+/// The client application a person signed in through (its display name, else its app id).
+/// NULL for other callers: an application's `app_id` is the caller itself.
+pub fn client_app() -> GroupExpr {
+    GroupExpr::Case(vec![(person(), vec!["app_display_name", "app_id"])])
+}
+
+/// The caller columns every section that groups by caller uses: `caller` (the latest name of
+/// the caller over the range, see [`GroupExpr::Latest`]) and `caller_id` (the key).
+fn caller() -> [GroupBy; 2] {
+    [
+        GroupBy {
+            name: "caller",
+            expr: GroupExpr::Latest {
+                key: "caller_id",
+                label: Box::new(caller_name()),
+            },
+        },
+        GroupBy {
+            name: "caller_id",
+            expr: caller_id(),
+        },
+    ]
 }
 
 fn col(name: &'static str) -> GroupBy {
     GroupBy {
         name,
         expr: GroupExpr::Col(name),
-    }
-}
-
-fn identity() -> GroupBy {
-    GroupBy {
-        name: "identity",
-        expr: identity_label(),
     }
 }
 
@@ -261,17 +326,28 @@ pub fn sections() -> Vec<Section> {
             title: "Access review: who reached which destinations",
             criteria: &["CC6.1", "CC6.2", "CC6.3"],
             description: "Every request in the range, by identity kind, caller and destination. \
+                The caller is the principal that made the request, never the client \
+                application a person used: a user or guest by object id (`caller_id`), a \
+                service principal or managed identity by application id, a workload by SPIFFE \
+                id. `caller` is its latest name in the range (a person's name claim, an \
+                application's directory name). `client_apps` lists the client applications \
+                a person signed in through. \
                 `verified` counts only tokens the collector or the proxy verified \
                 (token_status verified or proxy_verified); `mtls_workload` counts workloads \
                 identified by their mTLS certificate alone; `peer_metadata_workload` counts \
                 workloads named only by Istio peer metadata (the other proxy's claim, no \
                 certificate); `unverified` is everything else (anonymous callers, failed \
                 tokens). The four add up to `requests`. The \
-                `identity` column is what the caller claimed and is trustworthy only where \
+                caller is what the caller claimed and is trustworthy only where \
                 the request is counted as verified.",
             filter: None,
-            group_by: [col("identity_kind"), identity()]
+            group_by: [col("identity_kind")]
                 .into_iter()
+                .chain(caller())
+                .chain([GroupBy {
+                    name: "client_apps",
+                    expr: GroupExpr::Values(Box::new(client_app())),
+                }])
                 .chain(destination())
                 .collect(),
             measures: with_denied.clone(),
@@ -323,9 +399,10 @@ pub fn sections() -> Vec<Section> {
                 Pred::Overlaps("roles", Param::PrivilegedRoles),
                 Pred::Overlaps("groups", Param::PrivilegedGroups),
             ])),
-            group_by: vec![
-                col("identity_kind"),
-                identity(),
+            group_by: [col("identity_kind")]
+                .into_iter()
+                .chain(caller())
+                .chain([
                 GroupBy {
                     name: "privileged_roles",
                     expr: GroupExpr::Intersect("roles", Param::PrivilegedRoles),
@@ -334,9 +411,9 @@ pub fn sections() -> Vec<Section> {
                     name: "privileged_groups",
                     expr: GroupExpr::Intersect("groups", Param::PrivilegedGroups),
                 },
-                col("destination_namespace"),
-                col("destination_service"),
-            ],
+                ])
+                .chain(destination())
+                .collect(),
             measures: with_denied.clone(),
             baseline: None,
             chart: TRUST_CHART,
@@ -347,19 +424,17 @@ pub fn sections() -> Vec<Section> {
             criteria: &["CC6.1", "CC6.2", "CC6.3"],
             description: "Requests made with app-only tokens: service principals and managed \
                 identities (applications, automation and AI agents acting as themselves), by \
-                application and destination. Workloads identified by mTLS alone are in \
-                `source_workloads`.",
+                application (`caller_id` is the application id, `caller` its latest \
+                directory name, `object_id` its service principal) and destination. Workloads \
+                identified by mTLS alone are in `source_workloads`.",
             filter: Some(Pred::In(
                 "identity_kind",
                 vec![v::KIND_SERVICE_PRINCIPAL, v::KIND_MANAGED_IDENTITY],
             )),
-            group_by: [
-                col("identity_kind"),
-                col("app_id"),
-                col("app_display_name"),
-                col("object_id"),
-            ]
-            .into_iter()
+            group_by: [col("identity_kind")]
+                .into_iter()
+                .chain(caller())
+                .chain([col("object_id")])
             .chain(destination())
             .collect(),
             measures: with_denied.clone(),
@@ -373,17 +448,18 @@ pub fn sections() -> Vec<Section> {
             description: "Requests with neither a verified token nor an mTLS certificate \
                 (including workloads named only by Istio peer metadata), to destinations where \
                 more than half of all requests in the range carried one. `identity` is what the \
-                caller claimed, if anything; `client_address` is the original client IP.",
+                caller claimed, if anything (see `access_review` for `caller`); \
+                `client_address` is the original client IP.",
             filter: Some(Pred::Not(Box::new(identified()))),
             group_by: [
                 col("destination_namespace"),
                 col("destination_service"),
                 col("identity_kind"),
                 col("token_status"),
-                identity(),
-                col("client_address"),
             ]
             .into_iter()
+            .chain(caller())
+            .chain([col("client_address")])
             .collect(),
             measures: deny_measures(),
             baseline: Some(Baseline {
@@ -407,9 +483,9 @@ pub fn sections() -> Vec<Section> {
                 col("identity_source"),
                 col("issuer"),
                 col("identity_kind"),
-                identity(),
             ]
             .into_iter()
+            .chain(caller())
             .chain(destination())
             .collect(),
             measures: deny_measures(),
@@ -457,11 +533,39 @@ impl GroupExpr {
         match self {
             GroupExpr::Col(c) | GroupExpr::Intersect(c, _) => out.push(c),
             GroupExpr::Coalesce(cs) => out.extend(cs.iter().copied()),
+            GroupExpr::Case(arms) => {
+                for (p, cs) in arms {
+                    p.columns(out);
+                    out.extend(cs.iter().copied());
+                }
+            }
+            GroupExpr::Latest { label, .. } => label.columns(out),
+            GroupExpr::Values(e) => e.columns(out),
         }
     }
 }
 
+impl GroupExpr {
+    /// A per-record text value (what [`GroupExpr::Latest`] and [`GroupExpr::Values`] take).
+    pub fn is_text(&self) -> bool {
+        matches!(
+            self,
+            GroupExpr::Col(_) | GroupExpr::Coalesce(_) | GroupExpr::Case(_)
+        )
+    }
+
+    /// An attribute computed over a group's records rather than a grouping value.
+    pub fn is_aggregate(&self) -> bool {
+        matches!(self, GroupExpr::Latest { .. } | GroupExpr::Values(_))
+    }
+}
+
 impl Section {
+    /// The group-by column named `name`.
+    pub fn group(&self, name: &str) -> Option<&GroupBy> {
+        self.group_by.iter().find(|g| g.name == name)
+    }
+
     /// Every column the section reads (besides `record_id` and `start_time`).
     pub fn columns(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -531,9 +635,22 @@ mod tests {
         }
     }
 
+    fn check_text(e: &GroupExpr) {
+        assert!(e.is_text(), "{e:?}");
+        let mut cols = Vec::new();
+        e.columns(&mut cols);
+        if let GroupExpr::Case(arms) = e {
+            arms.iter().for_each(|(p, _)| check_pred(p));
+        }
+        for c in cols {
+            assert!(column_type(c).is_some(), "{c}");
+        }
+    }
+
     #[test]
     fn sections_read_only_contract_columns_with_the_right_types() {
         let mut ids = std::collections::HashSet::new();
+        let mut latest = std::collections::HashMap::new();
         for s in sections() {
             assert!(ids.insert(s.id), "duplicate section {}", s.id);
             assert!(!s.criteria.is_empty(), "{} names no criteria", s.id);
@@ -564,6 +681,24 @@ mod tests {
                     GroupExpr::Intersect(c, _) => {
                         assert_eq!(column_type(g.name), None, "{}", g.name);
                         assert_eq!(column_type(c), Some(ColumnType::TextArray), "{c}");
+                    }
+                    GroupExpr::Case(_) => {
+                        assert_eq!(column_type(g.name), None, "{}", g.name);
+                        check_text(&g.expr);
+                    }
+                    GroupExpr::Latest { key, label } => {
+                        assert_eq!(column_type(g.name), None, "{}", g.name);
+                        check_text(label);
+                        let k = s.group(key).expect("Latest names a group column");
+                        assert!(k.expr.is_text(), "{}: {key} is a per-record value", s.id);
+                        // One name, one definition: the evaluator shares it across sections.
+                        let def = format!("{:?}", g.expr);
+                        let first = latest.entry(g.name).or_insert_with(|| def.clone());
+                        assert_eq!(*first, def, "{}: {} defined twice", s.id, g.name);
+                    }
+                    GroupExpr::Values(e) => {
+                        assert_eq!(column_type(g.name), None, "{}", g.name);
+                        check_text(e);
                     }
                 }
             }

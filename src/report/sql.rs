@@ -115,6 +115,21 @@ impl Compiler<'_> {
         match e {
             GroupExpr::Col(c) => c.to_string(),
             GroupExpr::Coalesce(cs) => format!("coalesce({})", cs.join(", ")),
+            GroupExpr::Case(arms) => {
+                let mut out = "CASE".to_owned();
+                for (p, cs) in arms {
+                    let value = match cs.as_slice() {
+                        [one] => one.to_string(),
+                        _ => format!("coalesce({})", cs.join(", ")),
+                    };
+                    let _ = write!(out, " WHEN {} THEN {value}", self.pred(p));
+                }
+                out.push_str(" END");
+                out
+            }
+            // Never compiled as a per-record value: see `compile`.
+            GroupExpr::Latest { .. } => "NULL".to_owned(),
+            GroupExpr::Values(e) => self.group_expr(e),
             GroupExpr::Intersect(c, param) => {
                 let ph = self.placeholder(*param);
                 match self.dialect {
@@ -149,23 +164,70 @@ pub fn compile(section: &Section, dialect: &Dialect) -> Query {
     c.placeholder(Param::From);
     c.placeholder(Param::To);
     let source = c.source();
-    let mut sql = String::new();
+    let mut ctes: Vec<String> = Vec::new();
 
     if let Some(b) = &section.baseline {
         let keys = b.keys.join(", ");
         let time = c.time_range();
         let pred = c.pred(&b.pred);
-        let _ = write!(
-            sql,
-            "WITH baseline AS (\n  SELECT {keys}\n  FROM {source}\n  WHERE {time}\n  GROUP BY {keys}\n  \
-             HAVING 100 * count(DISTINCT record_id) FILTER (WHERE {pred})\n       > {} * count(DISTINCT record_id)\n)\n",
+        ctes.push(format!(
+            "baseline AS (\n  SELECT {keys}\n  FROM {source}\n  WHERE {time}\n  GROUP BY {keys}\n  \
+             HAVING 100 * count(DISTINCT record_id) FILTER (WHERE {pred})\n       > {} * count(DISTINCT record_id)\n)",
             b.min_percent
-        );
+        ));
+    }
+
+    // Latest labels: one row per key over every record of the range (the section's filter does
+    // not apply), joined to the records by key.
+    let mut joins = Vec::new();
+    let mut inner_cols = vec!["r.*".to_owned()];
+    for g in &section.group_by {
+        let GroupExpr::Latest { key, label } = &g.expr else {
+            continue;
+        };
+        let Some(key_expr) = section.group(key).map(|k| c.group_expr(&k.expr)) else {
+            continue;
+        };
+        let label = c.group_expr(label);
+        let time = c.time_range();
+        let order = match dialect {
+            Dialect::Postgres => "start_time DESC, l COLLATE \"C\" DESC",
+            Dialect::DuckDb { .. } => "start_time DESC, l DESC",
+        };
+        let n = g.name;
+        ctes.push(format!(
+            "latest_{n} AS (\n  SELECT k, (array_agg(l ORDER BY {order}) FILTER (WHERE l IS NOT NULL))[1] AS label\n  \
+             FROM (SELECT {key_expr} AS k, {label} AS l, start_time FROM {source} AS r WHERE {time}) AS x\n  \
+             WHERE k IS NOT NULL\n  GROUP BY k\n)"
+        ));
+        joins.push(format!(
+            "\n  LEFT JOIN latest_{n} AS l_{n} ON l_{n}.k = {key_expr}"
+        ));
+        inner_cols.push(format!("l_{n}.label AS {n}"));
+    }
+    let mut sql = String::new();
+    if !ctes.is_empty() {
+        let _ = writeln!(sql, "WITH {}", ctes.join(",\n"));
     }
 
     // Outer query: group and measure over the matching records of the inner one.
-    let names: Vec<&str> = section.group_by.iter().map(|g| g.name).collect();
-    let mut select: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut select: Vec<String> = Vec::new();
+    let mut group: Vec<&str> = Vec::new();
+    for g in &section.group_by {
+        if matches!(g.expr, GroupExpr::Values(_)) {
+            let n = g.name;
+            select.push(match dialect {
+                Dialect::Postgres => format!(
+                    "coalesce(array_agg(DISTINCT {n} COLLATE \"C\" ORDER BY {n} COLLATE \"C\") \
+                     FILTER (WHERE {n} IS NOT NULL), '{{}}') AS {n}"
+                ),
+                Dialect::DuckDb { .. } => format!("list_sort(list_distinct(list({n}))) AS {n}"),
+            });
+        } else {
+            select.push(g.name.to_owned());
+            group.push(g.name);
+        }
+    }
     for m in &section.measures {
         let counted = match m.kind {
             MeasureKind::Records => "count(DISTINCT record_id)".to_owned(),
@@ -180,9 +242,8 @@ pub fn compile(section: &Section, dialect: &Dialect) -> Query {
     }
 
     // Inner query: the records, plus the computed group columns.
-    let mut inner_cols = vec!["r.*".to_owned()];
     for g in &section.group_by {
-        if !matches!(g.expr, GroupExpr::Col(_)) {
+        if !matches!(g.expr, GroupExpr::Col(_) | GroupExpr::Latest { .. }) {
             inner_cols.push(format!("{} AS {}", c.group_expr(&g.expr), g.name));
         }
     }
@@ -203,11 +264,12 @@ pub fn compile(section: &Section, dialect: &Dialect) -> Query {
     }
     let _ = write!(
         sql,
-        "SELECT {}\nFROM (\n  SELECT {}\n  FROM {source} AS r\n  WHERE {}\n) AS t\nGROUP BY {}\nORDER BY {} DESC",
+        "SELECT {}\nFROM (\n  SELECT {}\n  FROM {source} AS r{}\n  WHERE {}\n) AS t\nGROUP BY {}\nORDER BY {} DESC",
         select.join(",\n       "),
         inner_cols.join(",\n         "),
+        joins.concat(),
         conds.join("\n    AND "),
-        names.join(", "),
+        group.join(", "),
         section.measures[0].name,
     );
     Query {
@@ -299,5 +361,44 @@ mod tests {
             "{}",
             q.text
         );
+    }
+
+    #[test]
+    fn the_latest_caller_name_is_one_cte_joined_on_the_key_in_both_dialects() {
+        let s = sections()
+            .into_iter()
+            .find(|s| s.id == "access_review")
+            .expect("section");
+        for (d, order, apps) in [
+            (
+                Dialect::Postgres,
+                "ORDER BY start_time DESC, l COLLATE \"C\" DESC",
+                "array_agg(DISTINCT client_apps COLLATE \"C\"",
+            ),
+            (
+                Dialect::DuckDb {
+                    data_dir: "/d".into(),
+                    files: None,
+                },
+                "ORDER BY start_time DESC, l DESC",
+                "list_sort(list_distinct(list(client_apps)))",
+            ),
+        ] {
+            let q = compile(&s, &d);
+            assert!(q.text.starts_with("WITH latest_caller AS ("), "{}", q.text);
+            assert!(q.text.contains(order), "{}", q.text);
+            assert!(q.text.contains(apps), "{}", q.text);
+            assert!(
+                q.text
+                    .contains("LEFT JOIN latest_caller AS l_caller ON l_caller.k = CASE WHEN"),
+                "{}",
+                q.text
+            );
+            // The attributes are not grouped by; the key is.
+            let group_by = q.text.split("GROUP BY ").last().expect("group by");
+            assert!(group_by.contains("caller_id") && !group_by.contains("client_apps"));
+            // Only the time range is bound, once per use.
+            assert_eq!(q.params, [Param::From, Param::To]);
+        }
     }
 }

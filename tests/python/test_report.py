@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harness import binary, child_env
 
@@ -88,3 +90,72 @@ def test_duckdb_reruns_every_section_with_the_same_rows(start_collector, tmp_pat
     assert again["source"]["duplicate_rows_removed"] == entries
     strip = lambda d: [(s["id"], s["rows"]) for s in d["sections"]]  # noqa: E731
     assert strip(again) == strip(doc)
+
+
+def test_duckdb_agrees_on_callers_people_apps_and_renames(start_collector, tmp_path):
+    """The caller columns (latest name per key, the client apps beside) mean the same in DuckDB
+    as in meshaudit's evaluator: people without name claims sharing a client app, one person
+    through two apps renamed in the range, a service principal by app id, a workload."""
+    c = start_collector()
+    sent = run(
+        "loadgen", "--target", f"127.0.0.1:{c.als_port}", "--streams", "1",
+        "--connections", "1", "--duration-secs", "1", "--rate", "200", "--seed", "3",
+    )
+    assert sent.returncode == 0, sent.stderr
+    c.wait_metric("meshaudit_als_entries_received_total", json.loads(sent.stdout)["entries"])
+    assert c.stop() == 0
+    # The collector's own schema, so the crafted rows are what the sink would write.
+    schema = pq.read_schema(next(iter(sorted(c.data_dir.rglob("*.parquet")))))
+
+    base = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone.utc)
+    rows = []
+
+    def add(kind, t, **cols):
+        r = {f.name: None for f in schema}
+        r.update(
+            record_id=f"{len(rows):032x}", start_time=base + dt.timedelta(seconds=t),
+            received_at=base, entry_kind="http", identity_kind=kind,
+            token_status="proxy_verified" if kind != "workload" else "absent",
+            destination_namespace="shop", destination_service="orders", response_flags=[],
+        )
+        r.update(cols)
+        for f in schema:  # required columns the scenario does not care about
+            if not f.nullable and r[f.name] is None:
+                r[f.name] = "none" if pa.types.is_string(f.type) else base
+        rows.append({k: v for k, v in r.items() if k in schema.names})
+
+    web = dict(app_id="app-web", app_display_name="orders-web")
+    for i in range(3):
+        add("user", i, object_id="oid-nn1", **web)
+    for i in range(2):
+        add("user", 10 + i, object_id="oid-nn2", **web)
+    add("user", 20, object_id="oid-dan", user_principal="dan@old.example", **web)
+    # Same second, two labels: the greater one (byte order) wins everywhere.
+    add("user", 30, object_id="oid-dan", user_principal="dan@new.example", app_id="app-cli")
+    add("user", 30, object_id="oid-dan", user_principal="dan@NEW.example", app_id="app-cli")
+    add("user", 40, object_id="oid-dan", app_id="app-cli")
+    add("service_principal", 5, object_id="oid-sp", app_id="app-sp", app_display_name="old")
+    add("service_principal", 50, object_id="oid-sp", app_id="app-sp", app_display_name="agent")
+    add("workload", 7, source_principal="spiffe://cluster.local/ns/a/sa/b")
+    add("anonymous", 8, token_status="absent")
+
+    data = tmp_path / "crafted"
+    part = data / "dt=2026-03-02" / "hour=10"
+    part.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=schema), part / "crafted.parquet", compression="zstd"
+    )
+    doc = check_report_against_duckdb(
+        data, tmp_path / "report", ("2026-03-02T10:00:00Z", "2026-03-02T11:00:00Z")
+    )
+    review = {r["caller_id"]: r for r in next(
+        s for s in doc["sections"] if s["id"] == "access_review")["rows"]}
+    assert set(review) == {"oid-nn1", "oid-nn2", "oid-dan", "app-sp",
+                           "spiffe://cluster.local/ns/a/sa/b", None}
+    assert (review["oid-nn1"]["caller"], review["oid-nn1"]["requests"]) == (None, 3)
+    assert (review["oid-nn2"]["caller"], review["oid-nn2"]["requests"]) == (None, 2)
+    assert review["oid-nn1"]["client_apps"] == ["orders-web"]
+    dan = review["oid-dan"]
+    assert (dan["caller"], dan["requests"]) == ("dan@new.example", 4)
+    assert dan["client_apps"] == ["app-cli", "orders-web"]
+    assert (review["app-sp"]["caller"], review["app-sp"]["client_apps"]) == ("agent", [])

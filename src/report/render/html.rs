@@ -339,6 +339,18 @@ pub fn document(r: &Report) -> String {
             }
         }
     }
+    if let Some(d) = &r.directory {
+        let _ = write!(
+            out,
+            "<dt>Directory</dt><dd>caller names from the snapshot {} (synced {}; {} users): \
+             {} rows named by it where it knows the caller's object or application id; the \
+             queries below give the names the records carry</dd>",
+            esc(&d.path),
+            esc(d.synced_at.as_deref().unwrap_or("at an unknown time")),
+            d.users,
+            d.relabelled_rows
+        );
+    }
     let list = |v: &[String]| {
         if v.is_empty() {
             "<span class=\"null\">none configured</span>".to_owned()

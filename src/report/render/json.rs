@@ -112,6 +112,14 @@ pub fn document(r: &Report) -> Value {
         "generated_at": r.generated_at,
         "range": range(r),
         "source": source(r),
+        "directory": r.directory.as_ref().map(|d| json!({
+            "path": d.path,
+            "synced_at": d.synced_at,
+            "users": d.users,
+            "relabelled_rows": d.relabelled_rows,
+            "note": "caller names come from this directory snapshot where it knows the caller's \
+                     object or application id; the queries shown give the names the records carry",
+        })),
         "privileged": {
             "roles": r.privileged.privileged_roles,
             "groups": r.privileged.privileged_groups,
