@@ -303,16 +303,138 @@ impl Suite {
         title: &str,
         selections: &[(&str, Vec<String>)],
     ) -> Table {
+        self.query(dashes, file, &format!("{title:?}"), selections)
+            .await
+    }
+
+    /// The result over the whole seed, with `selections`, of the query whose label ends with
+    /// `what` (a quoted panel title, or `variable NAME`).
+    async fn query(
+        &mut self,
+        dashes: &[Dash],
+        file: &str,
+        what: &str,
+        selections: &[(&str, Vec<String>)],
+    ) -> Table {
         let d = dashes
             .iter()
             .find(|d| d.file == file)
             .unwrap_or_else(|| panic!("no dashboard {file}"));
         let q = queries(d)
             .into_iter()
-            .find(|q| q.what.ends_with(&format!("{title:?}")))
-            .unwrap_or_else(|| panic!("{file}: no panel {title:?}"));
+            .find(|q| q.what.ends_with(what))
+            .unwrap_or_else(|| panic!("{file}: no query {what}"));
         let ctx = ctx_for(d, self.from, self.to, "15m", selections);
         self.run(&q, &q.expand(&ctx)).await
+    }
+
+    /// Two people without name claims, signed in through the same client app: their records
+    /// carry the app's name, yet every dashboard shows two callers named by their object ids.
+    async fn callers_are_principals(&mut self, dashes: &[Dash]) {
+        let app = "orders-web";
+        for (oid, requests, _) in NAMELESS {
+            let stored = self
+                .count(&format!(
+                    "object_id = '{oid}' AND identity_kind = 'user' AND token_status = 'verified' \
+                     AND user_principal IS NULL AND display_name IS NULL \
+                     AND app_display_name = '{app}'"
+                ))
+                .await;
+            self.expect_eq(
+                &format!("{oid}: verified records through {app} without a name"),
+                stored,
+                requests as f64,
+            );
+        }
+        let rows_of = |t: &Table, col: &str, v: &str| -> Vec<usize> {
+            (0..t.rows.len())
+                .filter(|&r| t.value(r, col) == Some(v))
+                .collect()
+        };
+
+        let t = self
+            .panel(dashes, "authorization.json", "Denied callers", &[])
+            .await;
+        for (oid, _, denied) in NAMELESS {
+            match rows_of(&t, "Caller ID", oid)[..] {
+                [r] => {
+                    if t.value(r, "Caller") != Some(oid) {
+                        self.failures.push(format!(
+                            "Denied callers labels {oid} as {:?}",
+                            t.value(r, "Caller")
+                        ));
+                    }
+                    self.expect_eq(
+                        &format!("Denied callers: {oid}'s denials"),
+                        t.number(r, "Denials"),
+                        denied as f64,
+                    );
+                }
+                _ => self
+                    .failures
+                    .push(format!("Denied callers: not one row for {oid}: {t:?}")),
+            }
+        }
+
+        let t = self
+            .panel(dashes, "authorization.json", "Recent denials", &[])
+            .await;
+        for (oid, _, denied) in NAMELESS {
+            let rows = rows_of(&t, "Caller ID", oid);
+            let named = rows_of(&t, "Caller", oid);
+            if rows.len() != denied || named != rows {
+                self.failures.push(format!(
+                    "Recent denials: {oid} has {} rows, {} labelled by its object id; expected {denied}",
+                    rows.len(),
+                    named.len()
+                ));
+            }
+        }
+
+        let t = self
+            .query(dashes, "authorization.json", "variable identity", &[])
+            .await;
+        for (oid, _, _) in NAMELESS {
+            match rows_of(&t, "__value", oid)[..] {
+                [r] if t.value(r, "__text") == Some(&format!("{oid} (user)")) => {}
+                _ => self.failures.push(format!(
+                    "identity variable: {oid} is not labelled by its id: {t:?}"
+                )),
+            }
+        }
+
+        let t = self
+            .panel(
+                dashes,
+                "token-health.json",
+                "Anomalies by claimed identity",
+                &[],
+            )
+            .await;
+        let rows = rows_of(&t, "Claimed object ID", NAMELESS_2);
+        if rows.len() != 1 || rows_of(&t, "Claimed identity", NAMELESS_2) != rows {
+            self.failures.push(format!(
+                "Anomalies by claimed identity: the forged {NAMELESS_2} is not one row labelled by its id: {t:?}"
+            ));
+        }
+
+        for (file, title, col) in [
+            ("authorization.json", "Denied callers", "Caller"),
+            ("authorization.json", "Recent denials", "Caller"),
+            (
+                "token-health.json",
+                "Anomalies by claimed identity",
+                "Claimed identity",
+            ),
+            ("token-health.json", "Tokens with group overage", "Identity"),
+        ] {
+            let t = self.panel(dashes, file, title, &[]).await;
+            if !rows_of(&t, col, app).is_empty() {
+                self.failures.push(format!(
+                    "{file} {title:?} names a caller by the client app {app}"
+                ));
+            }
+        }
     }
 
     /// A direct count over the whole seed, to hold panel values against.
@@ -496,6 +618,7 @@ fn every_panel_and_variable_query_runs_on_seeded_postgres() {
             s.indexed(d).await;
         }
         s.values_agree(&dashes).await;
+        s.callers_are_principals(&dashes).await;
         assert!(s.ran > 500, "ran only {} queries", s.ran);
         assert!(
             s.failures.is_empty(),

@@ -37,6 +37,13 @@ pub const ADA_UPN: &str = "ada@contoso.example";
 /// An object id a forged or odd token could carry: a quote and a backslash must survive
 /// Grafana's quoting and select exactly this identity.
 pub const OBRIEN: &str = "oid-o'brien\\ops";
+/// Two people whose tokens carry no name claim (no upn, preferred_username, name or email, as
+/// Entra v2 tokens often do), both signing in through the client app `orders-web` (WEB_APP).
+pub const NAMELESS_1: &str = "6e7f8091-0000-4000-8000-00000000d001";
+pub const NAMELESS_2: &str = "6e7f8091-0000-4000-8000-00000000d002";
+/// Their verified requests in the seed: (object id, requests, of which RBAC denied). A forged
+/// token also claims NAMELESS_2 once (token-health's claimed identities).
+pub const NAMELESS: [(&str, usize, usize); 2] = [(NAMELESS_1, 3, 2), (NAMELESS_2, 2, 1)];
 pub const GROUP: &str = "5c6d7e8f-0000-4000-8000-00000000b001";
 /// A group id the load generator's users carry (`5c6d...-{g:012x}`), named in the directory.
 pub const LOADGEN_GROUP: &str = "5c6d7e8f-0000-4000-8000-000000000001";
@@ -230,6 +237,28 @@ fn crafted_entries(
     for _ in 0..2 {
         c.push_token(|at| sign(user_claims(OBRIEN, "o'brien@contoso.example", at)));
     }
+    // Two people without name claims through the same client app (orders-web): some of their
+    // requests denied by RBAC. Callers must stay two, named by object id, never by the app.
+    let nameless = |oid: &str, at: i64| {
+        let mut v = user_claims(oid, "unused", at);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("name");
+            o.remove("preferred_username");
+        }
+        v
+    };
+    for (oid, requests, denied) in NAMELESS {
+        for n in 0..requests {
+            let mut e = c.with_token(|at| sign(nameless(oid, at)));
+            if n < denied {
+                rbac_deny(&mut e, "ns[payments]-policy[deny-unlisted-users]-rule[0]");
+            }
+            c.push(e);
+        }
+    }
+    // A forged token claiming the second of them: a claimed identity without a name.
+    c.push_token(|at| forge(nameless(NAMELESS_2, at)));
+
     // A v1 token (sts.windows.net issuer, appid, upn).
     c.push_token(|at| {
         let claims = json!({
