@@ -240,11 +240,7 @@ fn read_disk(shared: &Shared, sink: SinkId, mut pos: u64, end: u64, max_records:
                 pos += flen as u64;
                 records += recs.len();
                 bytes += flen as u64;
-                frames.push(Arc::new(Frame {
-                    start,
-                    end: pos,
-                    records: recs,
-                }));
+                frames.push(Arc::new(Frame::new(start, pos, recs)));
             }
             Err(e) => {
                 corrupt(pos, &e.to_string());
