@@ -3,6 +3,8 @@
 //! end-to-end figures are compared with:
 //!
 //! - `join`: decode StreamAccessLogsMessages (subset types) and join every entry into a record;
+//! - `spool_encode`: those records encoded into spool frames (one per ALS message);
+//! - `digest`: the canonical encoding and SHA-256 of each record (tamper evidence);
 //! - `parquet_encode`: Arrow batches plus zstd Parquet encoding of those records, into memory,
 //!   with the collector's own writer settings.
 //!
@@ -25,6 +27,8 @@ use crate::join::{JoinError, Joiner, StreamContext};
 use crate::loadgen::corpus::{Corpus, CorpusSpec};
 use crate::record::id::EntryType;
 use crate::record::{arrow as record_arrow, AuditRecord};
+use crate::store::digest::canonical::Encoder;
+use crate::store::spool::frame;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CeilingOptions {
@@ -65,6 +69,11 @@ pub struct Ceiling {
 #[derive(Debug, Serialize)]
 pub struct Ceilings {
     pub join: Ceiling,
+    /// Encoding records into spool frames (what the ingest task does before handing them over).
+    pub spool_encode: Ceiling,
+    /// The canonical encoding and SHA-256 of each record (tamper evidence; once per record,
+    /// shared by the sinks).
+    pub digest: Ceiling,
     pub parquet_encode: Ceiling,
     pub parquet_bytes_per_record: f64,
 }
@@ -116,6 +125,27 @@ pub fn run(opts: &CeilingOptions) -> Result<Ceilings, CeilingError> {
     }
     let join = ceiling(n, started, cpu0);
 
+    // Spool frames of about one ALS message's records each (the loadgen corpus: ~6 entries).
+    let (mut n, started, cpu0) = (0u64, Instant::now(), thread_cpu());
+    while started.elapsed() < min {
+        for chunk in records.chunks(6) {
+            std::hint::black_box(frame::encode(chunk));
+            n += chunk.len() as u64;
+        }
+    }
+    let spool_encode = ceiling(n, started, cpu0);
+
+    // Tamper evidence: one canonical hash per record.
+    let mut enc = Encoder::new();
+    let (mut n, started, cpu0) = (0u64, Instant::now(), thread_cpu());
+    while started.elapsed() < min {
+        for r in &records {
+            std::hint::black_box(enc.record(r));
+        }
+        n += records.len() as u64;
+    }
+    let digest = ceiling(n, started, cpu0);
+
     // (b) Arrow + Parquet encoding of the same records, in row groups like the sink's.
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(opts.zstd_level)?))
@@ -133,6 +163,8 @@ pub fn run(opts: &CeilingOptions) -> Result<Ceilings, CeilingError> {
     let parquet_encode = ceiling(n, started, cpu0);
     Ok(Ceilings {
         join,
+        spool_encode,
+        digest,
         parquet_encode,
         parquet_bytes_per_record: bytes as f64 / n.max(1) as f64,
     })

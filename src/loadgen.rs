@@ -63,6 +63,11 @@ pub struct LoadgenOptions {
     /// Share of entries that are TCP entries, 0-1.
     #[arg(long, value_name = "R", default_value_t = 0.1)]
     pub tcp_share: f64,
+    /// Raw-token run: sign every token of the pool with a fresh RSA key, write that key's JWKS
+    /// to FILE (serve it to the collector as its --jwks-url), and leave the jwt_authn metadata
+    /// out of the entries, so the collector verifies each bearer token itself.
+    #[arg(long, value_name = "FILE")]
+    pub raw_tokens_jwks_out: Option<std::path::PathBuf>,
     /// Seed of the generated corpus (same seed, same entries).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
@@ -175,13 +180,29 @@ pub async fn run(opts: &LoadgenOptions) -> Result<LoadgenReport, LoadgenError> {
         now_unix: chrono::Utc::now().timestamp(),
     };
     let generating = Instant::now();
-    let corpus = tokio::task::spawn_blocking(move || Corpus::generate(&spec))
-        .await
-        .map_err(|e| LoadgenError::Invalid {
-            flag: "seed",
-            problem: format!("corpus generation failed: {e}"),
-            fix: "report this as a bug",
-        })?;
+    let jwks_out = opts.raw_tokens_jwks_out.clone();
+    let corpus = tokio::task::spawn_blocking(move || match jwks_out {
+        None => Ok(Corpus::generate(&spec)),
+        Some(path) => {
+            let signer = corpus::RawTokenSigner::generate().map_err(|e| LoadgenError::Invalid {
+                flag: "raw-tokens-jwks-out",
+                problem: format!("cannot generate an RSA key: {e}"),
+                fix: "report this as a bug",
+            })?;
+            std::fs::write(&path, &signer.jwks).map_err(|e| LoadgenError::Invalid {
+                flag: "raw-tokens-jwks-out",
+                problem: format!("cannot write {}: {e}", path.display()),
+                fix: "give a writable file path",
+            })?;
+            Ok(Corpus::generate_with(&spec, Some(&signer)))
+        }
+    })
+    .await
+    .map_err(|e| LoadgenError::Invalid {
+        flag: "seed",
+        problem: format!("corpus generation failed: {e}"),
+        fix: "report this as a bug",
+    })??;
     let corpus = Arc::new(corpus);
     let generate_seconds = generating.elapsed().as_secs_f64();
 
@@ -485,6 +506,7 @@ mod tests {
             tokens: 10,
             deny_ratio: 0.05,
             tcp_share: 0.1,
+            raw_tokens_jwks_out: None,
             seed: 1,
         }
     }

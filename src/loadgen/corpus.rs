@@ -78,9 +78,51 @@ pub struct Corpus {
     pub tokens: usize,
 }
 
+/// Signs the pool's tokens for real (RS256), for the raw-token run: the entries then carry only
+/// the bearer token (no jwt_authn metadata), so the collector verifies each token itself.
+pub struct RawTokenSigner {
+    key: rsa::pkcs1v15::SigningKey<rsa::sha2::Sha256>,
+    /// The JWKS document of the signing key (`kid` = [`RAW_TOKEN_KID`]).
+    pub jwks: String,
+}
+
+/// The `kid` of the raw-token run's signing key.
+pub const RAW_TOKEN_KID: &str = "meshaudit-loadgen-0";
+
+impl RawTokenSigner {
+    /// A fresh RSA-2048 key from the system's random source.
+    pub fn generate() -> Result<RawTokenSigner, rsa::Error> {
+        use rsa::traits::PublicKeyParts as _;
+        let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048)?;
+        let public = key.to_public_key();
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": RAW_TOKEN_KID,
+            "n": URL_SAFE_NO_PAD.encode(public.n_bytes()),
+            "e": URL_SAFE_NO_PAD.encode(public.e_bytes()),
+        }]})
+        .to_string();
+        Ok(RawTokenSigner {
+            key: rsa::pkcs1v15::SigningKey::new(key),
+            jwks,
+        })
+    }
+
+    fn sign(&self, signed_part: &str) -> String {
+        use rsa::signature::{SignatureEncoding as _, Signer as _};
+        URL_SAFE_NO_PAD.encode(self.key.sign(signed_part.as_bytes()).to_bytes())
+    }
+}
+
 impl Corpus {
     pub fn generate(spec: &CorpusSpec) -> Corpus {
+        Self::generate_with(spec, None)
+    }
+
+    /// Like [`Corpus::generate`]; with `raw`, tokens are really signed and entries carry no
+    /// jwt_authn metadata (only the `authorization` header identifies the caller).
+    pub fn generate_with(spec: &CorpusSpec, raw: Option<&RawTokenSigner>) -> Corpus {
         let mut g = Gen::new(spec);
+        g.raw = raw;
         let tokens: Vec<Token> = (0..spec.tokens.max(1)).map(|i| g.token(i)).collect();
         // One HTTP entry in ten is anonymous; the others use the tokens in turn, so every token
         // appears at least once.
@@ -221,16 +263,18 @@ const USER_AGENTS: [&str; 5] = [
     "curl/8.7.1",
 ];
 
-struct Gen {
+struct Gen<'a> {
     rng: StdRng,
     now: i64,
+    raw: Option<&'a RawTokenSigner>,
 }
 
-impl Gen {
+impl Gen<'_> {
     fn new(spec: &CorpusSpec) -> Self {
         Gen {
             rng: StdRng::seed_from_u64(spec.seed),
             now: spec.now_unix,
+            raw: None,
         }
     }
 
@@ -304,17 +348,23 @@ impl Gen {
             put("groups", groups.into());
         }
         let claims = serde_json::Value::Object(c);
-        let header = format!(
-            "{{\"typ\":\"JWT\",\"alg\":\"RS256\",\"kid\":\"{}\"}}",
-            self.b64(20)
-        );
-        // Fake JWT: real-looking header and claims, random signature (RS256 size).
-        let bearer = format!(
-            "Bearer {}.{}.{}",
+        let kid = match self.raw {
+            Some(_) => RAW_TOKEN_KID.to_owned(),
+            None => self.b64(20),
+        };
+        let header = format!("{{\"typ\":\"JWT\",\"alg\":\"RS256\",\"kid\":\"{kid}\"}}");
+        let signed_part = format!(
+            "{}.{}",
             URL_SAFE_NO_PAD.encode(header),
             URL_SAFE_NO_PAD.encode(claims.to_string()),
-            self.b64(256)
         );
+        // Fake JWT (real-looking header and claims, random signature of RS256 size), or a
+        // really signed one for the raw-token run.
+        let signature = match self.raw {
+            Some(signer) => signer.sign(&signed_part),
+            None => self.b64(256),
+        };
+        let bearer = format!("Bearer {signed_part}.{signature}");
         Token { bearer, claims }
     }
 
@@ -481,7 +531,7 @@ impl Gen {
         let deny_kind = denial.unwrap_or(0) % 20;
         let jwt_denied = denied && token.is_some() && (16..19).contains(&deny_kind);
         let mut metadata = HashMap::new();
-        if let Some(token) = token.filter(|_| !jwt_denied) {
+        if let Some(token) = token.filter(|_| !jwt_denied && self.raw.is_none()) {
             metadata.insert(
                 "envoy.filters.http.jwt_authn".to_owned(),
                 Struct {
@@ -819,6 +869,73 @@ mod tests {
         assert!(
             matches!((min, max), (Some(&lo), Some(&hi)) if hi > 3 * lo),
             "entry sizes spread: {min:?}..{max:?}"
+        );
+    }
+
+    /// The raw-token corpus: no entry carries jwt_authn claims, and every token in it verifies
+    /// against the signer's JWKS, so the collector's own check is what identifies callers.
+    #[test]
+    fn raw_token_corpus_carries_only_really_signed_tokens() {
+        use crate::join::identity::{IdentityConfig, IdentityResolver};
+        use crate::telemetry::Metrics;
+        let signer = RawTokenSigner::generate().expect("key");
+        let spec = CorpusSpec {
+            tokens: 3,
+            deny_ratio: 0.0,
+            seed: 4,
+            now_unix: 1_772_446_504,
+        };
+        let corpus = Corpus::generate_with(&spec, Some(&signer));
+        let metrics = Metrics::new();
+        let resolver = IdentityResolver::new(
+            &IdentityConfig {
+                entra_tenants: vec![TENANT.to_owned()],
+                audiences: vec![AUDIENCE.to_owned()],
+                ..IdentityConfig::default()
+            },
+            std::sync::Arc::clone(&metrics),
+        )
+        .expect("resolver");
+        assert_eq!(
+            resolver.preload_jwks(signer.jwks.as_bytes()).expect("jwks"),
+            1
+        );
+        let joiner = Joiner::default().with_identity(resolver);
+        let ctx = StreamContext::default();
+        let (mut verified, mut with_token) = (0, 0);
+        for msg in &corpus.http {
+            let decoded =
+                wire::StreamAccessLogsMessage::decode(msg.bytes.clone()).expect("decodes");
+            let Some(wire::stream_access_logs_message::LogEntries::HttpLogs(h)) =
+                decoded.log_entries
+            else {
+                panic!("http message");
+            };
+            for bytes in &h.log_entry {
+                let e = wire::HttpAccessLogEntry::decode(bytes.clone()).expect("entry");
+                assert_eq!(claims(e.common_properties.as_ref().expect("common")), None);
+                let at = e
+                    .common_properties
+                    .as_ref()
+                    .and_then(|c| c.start_time.as_ref())
+                    .map_or(0, |t| t.seconds * 1_000_000);
+                let rec = joiner
+                    .join(&ctx, EntryType::Http, bytes, at)
+                    .expect("joins");
+                if rec.identity_source == values::SOURCE_JWT_HEADER {
+                    with_token += 1;
+                    verified += u32::from(rec.token_status == values::TOKEN_VERIFIED);
+                }
+            }
+        }
+        assert!(with_token > 1000, "{with_token}");
+        assert_eq!(verified, with_token, "every raw token verifies");
+        assert_eq!(
+            metrics
+                .jwt_signature_checks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "one signature check per distinct token"
         );
     }
 

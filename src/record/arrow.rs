@@ -12,7 +12,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::{AuditRecord, Column, ColumnType, Getter, COLUMNS};
+use super::{AuditRecord, Column, ColumnType, Getter, NullableString, COLUMNS};
 
 fn data_type(t: ColumnType) -> DataType {
     match t {
@@ -61,7 +61,9 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
     let n = records.len();
     match col.get {
         Getter::Text(get) => {
-            let mut b = StringBuilder::with_capacity(n, n * 16);
+            // Sized exactly up front: growing the value buffer re-copies every string so far.
+            let bytes = records.iter().map(|r| get(r).map_or(0, str::len)).sum();
+            let mut b = StringBuilder::with_capacity(n, bytes);
             records.iter().for_each(|r| b.append_option(get(r)));
             Arc::new(b.finish())
         }
@@ -91,7 +93,14 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
             Arc::new(b.finish())
         }
         Getter::TextArray(get) => {
-            let mut b = ListBuilder::new(StringBuilder::new()).with_field(list_item_field());
+            let (items, bytes) = records
+                .iter()
+                .filter_map(|r| get(r))
+                .fold((0, 0), |(i, b), v| {
+                    (i + v.len(), b + v.iter().map(String::len).sum::<usize>())
+                });
+            let mut b = ListBuilder::with_capacity(StringBuilder::with_capacity(items, bytes), n)
+                .with_field(list_item_field());
             for r in records {
                 match get(r) {
                     Some(values) => {
@@ -104,7 +113,15 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
             Arc::new(b.finish())
         }
         Getter::NullableTextArray(get) => {
-            let mut b = ListBuilder::new(StringBuilder::new()).with_field(list_item_field());
+            let (items, bytes) = records
+                .iter()
+                .filter_map(|r| get(r))
+                .fold((0, 0), |(i, b), v| {
+                    let len = |s: &NullableString| s.value.as_ref().map_or(0, String::len);
+                    (i + v.len(), b + v.iter().map(len).sum::<usize>())
+                });
+            let mut b = ListBuilder::with_capacity(StringBuilder::with_capacity(items, bytes), n)
+                .with_field(list_item_field());
             for r in records {
                 match get(r) {
                     Some(values) => {

@@ -290,8 +290,9 @@ impl ParquetSink {
         // caller resets and replays from the spool.
         file.writer.write(&batch)?;
         if let Some(chain) = &mut self.digests {
+            // The frame's shared hashes: a Postgres sink reading the same frames reuses them.
             rows.iter()
-                .for_each(|r| chain.add(r.record(), &mut file.records));
+                .for_each(|r| chain.add_hash(&r.frame.hashes()[r.index], &mut file.records));
         }
         file.rows += rows.len() as u64;
         let size = (file.writer.bytes_written() + file.writer.in_progress_size()) as u64;
@@ -435,11 +436,11 @@ mod tests {
         // 2026-03-02T10:15:04Z and 2026-03-02T11:00:00Z
         let t10 = 1_772_446_504_000_000;
         let t11 = 1_772_449_200_000_000;
-        let frame = Arc::new(Frame {
-            start: 100,
-            end: 200,
-            records: vec![rec("a", t10), rec("b", t10), rec("c", t11)],
-        });
+        let frame = Arc::new(Frame::new(
+            100,
+            200,
+            vec![rec("a", t10), rec("b", t10), rec("c", t11)],
+        ));
         sink.push(&frame).expect("push");
         // Rows sit in an unfinished file and a buffer: nothing is durable past the frame start.
         assert_eq!(sink.durable_lsn(), 100);
@@ -473,19 +474,11 @@ mod tests {
         };
         let mut sink = ParquetSink::new(cfg, Metrics::new()).expect("sink");
         let t = 1_772_446_504_000_000;
-        let f1 = Arc::new(Frame {
-            start: 0,
-            end: 10,
-            records: vec![rec("a", t)],
-        });
+        let f1 = Arc::new(Frame::new(0, 10, vec![rec("a", t)]));
         sink.push(&f1).expect("push");
         sink.finish().expect("finish");
         assert_eq!(sink.durable_lsn(), 10);
-        let f2 = Arc::new(Frame {
-            start: 10,
-            end: 20,
-            records: vec![rec("b", t)],
-        });
+        let f2 = Arc::new(Frame::new(10, 20, vec![rec("b", t)]));
         sink.push(&f2).expect("push");
         assert_eq!(sink.durable_lsn(), 10);
         sink.reset(10);

@@ -230,6 +230,11 @@ impl ParquetChain {
         file.push(&h);
     }
 
+    /// Adds a record whose canonical hash is already known (the spool frame's shared hashes).
+    pub fn add_hash(&mut self, h: &Hash, file: &mut FileRecords) {
+        file.push(h);
+    }
+
     /// Writes the digest of a closed, fsynced file that is about to be renamed to `final_path`.
     pub fn commit(
         &mut self,

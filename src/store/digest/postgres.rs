@@ -98,6 +98,21 @@ impl PgDigests {
         Prepared { rows }
     }
 
+    /// Like [`PgDigests::prepare`], for records whose canonical hashes are already known (the
+    /// spool frame's, shared with the Parquet sink), so nothing is hashed twice.
+    pub fn prepare_hashed<'a>(
+        records: impl Iterator<Item = (&'a AuditRecord, &'a Hash)>,
+    ) -> Prepared<'a> {
+        let mut seen: HashSet<&'a str> = HashSet::new();
+        let mut rows = Vec::new();
+        for (r, h) in records {
+            if seen.insert(r.record_id.as_str()) {
+                rows.push((r, *h));
+            }
+        }
+        Prepared { rows }
+    }
+
     async fn head(&mut self, conn: &mut PgConnection) -> Result<(u64, Option<Hash>), PgError> {
         if let Some(h) = self.head {
             return Ok(h);
@@ -234,5 +249,50 @@ impl PgDigests {
         // Valid once the caller commits; any failure before that calls invalidate().
         self.head = Some((st.seq + 1, Some(digest)));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::digest::key::SigningKey;
+    use crate::store::spool::Frame;
+    use std::sync::Arc;
+
+    fn rec(id: &str, path: &str) -> AuditRecord {
+        AuditRecord {
+            record_id: id.into(),
+            received_at: 1_772_446_504_000_000,
+            path: Some(path.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The hashes a spool frame shares between the sinks are the ones each sink would have made
+    /// itself, and the Postgres batch built from them (first copy of each id) is the same.
+    #[test]
+    fn shared_frame_hashes_equal_hashing_per_sink() {
+        let frame = Frame::new(0, 10, vec![rec("a", "/x"), rec("b", "/y"), rec("a", "/z")]);
+        let mut enc = Encoder::new();
+        let own: Vec<Hash> = frame.records.iter().map(|r| enc.record(r)).collect();
+        assert_eq!(frame.hashes(), own.as_slice());
+        assert_ne!(own[0], own[2], "same id, different row: different hash");
+
+        let mut d = PgDigests::new(Signer {
+            key: Arc::new(SigningKey::generate().expect("key")),
+            instance_id: "inst-a".into(),
+        });
+        let hashed_here = d.prepare(frame.records.iter());
+        let shared = PgDigests::prepare_hashed(frame.records.iter().zip(frame.hashes()));
+        let view = |p: &Prepared<'_>| {
+            p.rows
+                .iter()
+                .map(|(r, h)| (r.record_id.clone(), r.path.clone(), *h))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(view(&shared), view(&hashed_here));
+        assert_eq!(shared.rows.len(), 2, "later copies of an id are dropped");
+        assert_eq!(shared.rows[0].1, own[0]);
+        assert_eq!(shared.rows[1].1, own[1]);
     }
 }

@@ -29,6 +29,7 @@ use crate::record::{AuditRecord, COLUMNS};
 use crate::store::digest::postgres::{PgDigests, Prepared};
 use crate::store::digest::Signer;
 use crate::store::metrics::StoreMetrics;
+use crate::store::spool::Frame;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often partitions ahead are created and retention applied.
@@ -343,7 +344,31 @@ impl PostgresSink {
     where
         I: IntoIterator<Item = &'a AuditRecord> + Clone,
     {
-        let result = self.write_inner(records).await;
+        let hash_here = records.clone();
+        let result = self
+            .write_inner(records, move |d: &mut PgDigests| {
+                d.prepare(hash_here.into_iter())
+            })
+            .await;
+        if let Err(e) = &result {
+            self.drop_connection_on(e);
+        }
+        result
+    }
+
+    /// Writes spool frames' records in one transaction, all or nothing, with the canonical
+    /// hashes the frames share with the other sinks (each record is hashed once, not per sink).
+    pub async fn write_frames(&mut self, frames: &[Arc<Frame>]) -> Result<Written, PgError> {
+        let records = frames.iter().flat_map(|f| f.records.iter());
+        let result = self
+            .write_inner(records, |_: &mut PgDigests| {
+                PgDigests::prepare_hashed(
+                    frames
+                        .iter()
+                        .flat_map(|f| f.records.iter().zip(f.hashes().iter())),
+                )
+            })
+            .await;
         if let Err(e) = &result {
             self.drop_connection_on(e);
         }
@@ -361,9 +386,10 @@ impl PostgresSink {
         }
     }
 
-    async fn write_inner<'a, I>(&mut self, records: I) -> Result<Written, PgError>
+    async fn write_inner<'a, I, P>(&mut self, records: I, prepare: P) -> Result<Written, PgError>
     where
         I: IntoIterator<Item = &'a AuditRecord> + Clone,
+        P: FnOnce(&mut PgDigests) -> Prepared<'a>,
     {
         self.ensure_days(records.clone()).await?;
         let mut buf = std::mem::take(&mut self.buf);
@@ -375,7 +401,7 @@ impl PostgresSink {
         // stored is the one hashed (see store::digest::postgres).
         let prepared = match &mut digests {
             Some(d) => {
-                let p = d.prepare(records.clone().into_iter());
+                let p = prepare(d);
                 p.rows.iter().for_each(|(r, _)| copy::row(&mut buf, r));
                 n = records.into_iter().count() as u64;
                 Some(p)

@@ -36,7 +36,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,6 +46,7 @@ use tracing::{info, warn};
 
 pub use reader::{Batch, Next, SinkReader};
 
+use super::digest::canonical::{Encoder, Hash};
 use super::metrics::{SinkId, StoreMetrics};
 use crate::record::AuditRecord;
 
@@ -118,6 +119,30 @@ pub struct Frame {
     /// LSN just past the frame.
     pub end: u64,
     pub records: Vec<AuditRecord>,
+    /// Each record's canonical hash (store::digest::canonical), made once by whichever sink
+    /// needs them first and shared by the others: the encoding is the same for every sink.
+    hashes: OnceLock<Vec<Hash>>,
+}
+
+impl Frame {
+    pub fn new(start: u64, end: u64, records: Vec<AuditRecord>) -> Frame {
+        Frame {
+            start,
+            end,
+            records,
+            hashes: OnceLock::new(),
+        }
+    }
+
+    /// The canonical hash of every record, in order (computed on first use, then shared).
+    pub fn hashes(&self) -> &[Hash] {
+        self.hashes.get_or_init(|| {
+            thread_local! {
+                static ENCODER: std::cell::RefCell<Encoder> = std::cell::RefCell::new(Encoder::new());
+            }
+            ENCODER.with_borrow_mut(|e| self.records.iter().map(|r| e.record(r)).collect())
+        })
+    }
 }
 
 /// A durable-end announcement: everything below `end` can be read.

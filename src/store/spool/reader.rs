@@ -209,11 +209,7 @@ fn read_disk(shared: &Shared, sink: SinkId, mut pos: u64, end: u64, max_records:
                 pos += flen;
                 records += recs.len();
                 bytes += flen;
-                frames.push(Arc::new(Frame {
-                    start,
-                    end: pos,
-                    records: recs,
-                }));
+                frames.push(Arc::new(Frame::new(start, pos, recs)));
             }
             None => {
                 // Damaged: skip to where valid frames resume (or the segment's end), never
