@@ -16,7 +16,8 @@
 //! absent`) and no authorizer result (`decision = unevaluated`, unless the line's
 //! response_code_details names a denial, which is evidence the join reads either way).
 //! Differences from the attribute path, by construction of the format: `duration_ms` is
-//! `%DURATION%` (whole milliseconds), the path is the original path, no mTLS SANs.
+//! `%DURATION%` (whole milliseconds), the path is the original path, no mTLS SANs, no peer
+//! metadata, and `upstream_cluster` only when an upstream host was chosen (see below).
 
 use bytes::Bytes;
 
@@ -100,7 +101,10 @@ pub fn parse(record: &LogRecord, resource: &ResourceDefaults) -> Result<Option<M
         start_time: entry::start_time(record),
         downstream_remote_address: opt(&f[19]).as_ref().and_then(entry::host_port),
         upstream_remote_address: opt(&f[15]).as_ref().and_then(entry::host_port),
-        upstream_cluster: opt(&f[16]).unwrap_or_default(),
+        // `%UPSTREAM_CLUSTER_RAW%` names the route's cluster even on a local reply (a 401/403
+        // from jwt_authn, RBAC, ext_authz), where the ALS entry has none: kept only when the
+        // line names an upstream host, as the ALS entry does.
+        upstream_cluster: opt(&f[15]).and(opt(&f[16])).unwrap_or_default(),
         response_flags: Some(entry::response_flags(&f[3])),
         route_name: opt(&f[21]).unwrap_or_default(),
         connection_termination_details: opt(&f[5]).unwrap_or_default(),
@@ -166,7 +170,7 @@ mod tests {
 
     #[test]
     fn istio_default_line_becomes_an_http_entry() {
-        let line = r#"[2026-03-02T10:15:04.123Z] "GET /orders?id=1 HTTP/1.1" 403 - rbac_access_denied_matched_policy[none] - "-" 0 19 3 - "10.1.2.3" "curl/8" "rid-1" "orders.example" "-" outbound|8080||orders.shop.svc.cluster.local - 10.0.0.5:8080 10.0.0.9:51234 - default
+        let line = r#"[2026-03-02T10:15:04.123Z] "GET /orders?id=1 HTTP/1.1" 403 - rbac_access_denied_matched_policy[none] - "-" 0 19 3 - "10.1.2.3" "curl/8" "rid-1" "orders.example" "10.9.8.7:8080" outbound|8080||orders.shop.svc.cluster.local - 10.0.0.5:8080 10.0.0.9:51234 - default
 "#;
         let m = parse(&record(line), &ResourceDefaults::default())
             .unwrap()
@@ -189,9 +193,27 @@ mod tests {
             &c.upstream_cluster[..],
             b"outbound|8080||orders.shop.svc.cluster.local"
         );
+        let upstream = c.upstream_remote_address.unwrap().socket_address.unwrap();
+        assert_eq!(
+            (&upstream.address[..], upstream.port_value),
+            (&b"10.9.8.7"[..], 8080)
+        );
         let client = c.downstream_remote_address.unwrap().socket_address.unwrap();
         assert_eq!(&client.address[..], b"10.0.0.9");
         assert_eq!(c.time_to_last_downstream_tx_byte.unwrap().nanos, 3_000_000);
+    }
+
+    #[test]
+    fn a_local_reply_names_no_upstream_cluster_as_in_the_als_entry() {
+        let line = r#"[2026-03-02T10:15:04.123Z] "GET / HTTP/1.1" 401 - jwt_authn_access_denied{Jwt_is_expired} - "-" 0 14 0 - "-" "curl/8" "rid-2" "orders.example" "-" outbound|8080||orders.shop.svc.cluster.local - 10.0.0.5:8080 10.0.0.9:51234 - default"#;
+        let m = parse(&record(line), &ResourceDefaults::default())
+            .unwrap()
+            .unwrap();
+        let Entry::Http(e) = m.entry else {
+            panic!("not HTTP")
+        };
+        let c = e.common_properties.unwrap();
+        assert!(c.upstream_cluster.is_empty() && c.upstream_remote_address.is_none());
     }
 
     #[test]
