@@ -1103,17 +1103,31 @@ fn extension_providers_point_at_the_collector_service() {
     // The main README shows the same registration.
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    let block = readme
+    let blocks: Vec<&str> = readme
         .split("```yaml")
         .skip(1)
         .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains("extensionProviders"))
-        .expect("README.md shows the extension providers");
-    let shown = serde_norway::Deserializer::from_str(block)
-        .next()
-        .map(|d| Value::deserialize(d).expect("README yaml"))
-        .expect("README yaml document");
-    for p in seq_at(&shown, "/meshConfig/extensionProviders", "README.md") {
+        .filter(|b| b.contains("extensionProviders"))
+        .collect();
+    assert!(
+        blocks.len() >= 2,
+        "README.md shows the ALS and the OpenTelemetry providers"
+    );
+    let shown: Vec<Value> = blocks
+        .iter()
+        .flat_map(|block| {
+            let doc = serde_norway::Deserializer::from_str(block)
+                .next()
+                .map(|d| Value::deserialize(d).expect("README yaml"))
+                .expect("README yaml document");
+            seq_at(&doc, "/meshConfig/extensionProviders", "README.md").clone()
+        })
+        .collect();
+    assert!(
+        shown.iter().any(|p| p.get("envoyOtelAls").is_some()),
+        "README.md shows the envoyOtelAls provider"
+    );
+    for p in &shown {
         let name = str_at(p, "/name", "README provider");
         let ours = providers
             .iter()

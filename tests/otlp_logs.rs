@@ -333,3 +333,75 @@ fn the_otlp_listener_can_be_turned_off_and_a_bad_address_names_the_setting() {
         assert!(err.contains(want), "{want} in {err}");
     }
 }
+
+#[test]
+fn the_otlp_listener_takes_the_als_tls_and_spiffe_allow_list() {
+    use common::tls::{tls_channel, Pki};
+    const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway";
+    const CHECKOUT: &str = "spiffe://cluster.local/ns/orders/sa/checkout";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "mesh");
+    let mut args = pki.server_args(true);
+    args.extend(["--als-allowed-spiffe-id".to_owned(), GATEWAY.to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c = Collector::start(&dir.path().join("data"), &args);
+    let (addr, ca) = (c.otlp_addr, pki.ca_pem.clone());
+    rt().block_on(async {
+        let send = |id: Option<tonic::transport::Identity>, i: u32| {
+            let ca = ca.clone();
+            async move {
+                let channel = tls_channel(addr, &ca, id).await?;
+                LogsServiceClient::new(channel)
+                    .export(request(vec![(vec![], vec![otlp_record(i)])]))
+                    .await
+            }
+        };
+        let ok = send(Some(pki.client(&[GATEWAY])), 1)
+            .await
+            .expect("allowed");
+        assert_eq!(ok.into_inner().partial_success, None);
+        let err = send(Some(pki.client(&[CHECKOUT])), 2)
+            .await
+            .expect_err("not on the list");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        let err = send(None, 3).await.expect_err("no certificate");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    });
+    assert_eq!(c.metric("meshaudit_otlp_log_records_accepted_total"), 1);
+    assert_eq!(
+        c.metric("meshaudit_als_messages_rejected_total{reason=\"not_allowed\"}"),
+        1
+    );
+    let (status, output) = c.stop();
+    assert!(status.success(), "exit {status}:\n{output}");
+    let rows = read_rows(&dir.path().join("data"));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["request_id"], json!("req-1"));
+}
+
+#[test]
+fn a_request_that_does_not_decode_is_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Collector::start(dir.path(), &[]);
+    let (code, message) = rt().block_on(async {
+        let mut client = common::raw::connect(c.otlp_addr).await;
+        let req = http::Request::post("/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (resp, mut body) = client.send_request(req, false).expect("send");
+        // Field 1 (resource_logs) claiming 100 bytes, 2 present.
+        body.send_data(common::raw::frame(&[0x0a, 100, 1, 2]), true)
+            .expect("data");
+        common::raw::grpc_status(resp).await.expect("status")
+    });
+    assert_eq!(code, tonic::Code::InvalidArgument as i32, "{message}");
+    assert_eq!(
+        c.metric("meshaudit_als_messages_rejected_total{reason=\"malformed\"}"),
+        1
+    );
+    let (status, output) = c.stop();
+    assert!(status.success(), "exit {status}:\n{output}");
+    assert!(read_rows(dir.path()).is_empty());
+}

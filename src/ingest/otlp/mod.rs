@@ -249,11 +249,29 @@ where
                 Ok(Status::unimplemented("only LogsService/Export is served").into_http())
             });
         }
-        let method = Export(Arc::clone(&self.handler));
+        let handler = Arc::clone(&self.handler);
+        let method = Export(Arc::clone(&handler));
         let max = self.max_message_bytes;
         Box::pin(async move {
             let mut grpc = Grpc::new(OtlpCodec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(method, req).await)
+            let resp = grpc.unary(method, req).await;
+            // A request that does not decode, or is over max_message_bytes, is refused by tonic
+            // before `export` runs: counted here, with the ALS path's reasons. (`export` itself
+            // never answers INVALID_ARGUMENT or OUT_OF_RANGE.)
+            if let Some(status) = Status::from_header_map(resp.headers()) {
+                let why = match status.code() {
+                    tonic::Code::InvalidArgument => Some(Rejection::Malformed),
+                    tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                        Some(Rejection::Oversized)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    handler.metrics.rejected(why);
+                    warn!(reason = why.as_str(), error = %status.message(), "refusing OTLP export");
+                }
+            }
+            Ok(resp)
         })
     }
 }
