@@ -301,14 +301,18 @@ def test_envoy_restart_loses_nothing(any_run):
     assert first <= stored and second <= stored
 
 
-def test_no_token_reaches_the_collectors_files_or_logs(telemetry_run):
-    written = telemetry_run.collector.output_bytes()
-    for p in Output(telemetry_run.collector.data_dir).files():
+def _no_token_written(run: Run) -> None:
+    written = run.collector.output_bytes()
+    for p in Output(run.collector.data_dir).files():
         written += p.read_bytes()
-    for name, token in telemetry_run.tokens.items():
+    for name, token in run.tokens.items():
         sig = token.rsplit(".", 1)[1]
         assert sig.encode() not in written, f"{name} token's signature was written"
     assert b"secret-auth-code" not in written
+
+
+def test_no_token_reaches_the_collectors_files_or_logs(telemetry_run):
+    _no_token_written(telemetry_run)
 
 
 def test_envoyfilter_loggers_without_authority_are_stored(envoyfilter_run):
@@ -390,3 +394,9 @@ def test_label_less_provider_gives_the_traffic_columns_and_no_identity(otel_run)
         if r["response_code_details"] == "via_upstream":
             assert r["decision"] == "unevaluated", (key, r["decision"])
     assert run.metrics["meshaudit_otlp_log_records_text_only_total"] == len(text)
+
+
+def test_no_token_reaches_the_collectors_files_or_logs_over_otlp(otel_run):
+    """The OTLP loggers' lines and labels carry the path with its query (redacted before a
+    record exists) and the verified claims, never the token."""
+    _no_token_written(otel_run)
