@@ -528,3 +528,93 @@ fn filter_state(entries: &[(Bytes, Bytes)]) -> Result<Vec<AnyEntry>, Refusal> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: Bytes::from(key.to_owned()),
+            value: Some(AnyValue { value: Some(value) }),
+        }
+    }
+
+    fn text(key: &str, v: &str) -> KeyValue {
+        kv(key, Value::StringValue(Bytes::from(v.to_owned())))
+    }
+
+    #[test]
+    fn a_collector_s_integers_and_envoy_s_dashes_are_read_as_envoy_means_them() {
+        let record = LogRecord {
+            time_unix_nano: 1_772_446_504_118_123_456,
+            attributes: vec![
+                text(keys::METHOD, "GET"),
+                kv(keys::STATUS_CODE, Value::IntValue(403)),
+                kv(keys::BYTES_SENT, Value::IntValue(19)),
+                text(keys::UPSTREAM_HOST, "-"),
+                text(keys::RESPONSE_FLAGS, "UAEX,DC"),
+                text(keys::PEER_URI_SAN, "spiffe://a/ns/x/sa/y,spiffe://b"),
+            ],
+            ..Default::default()
+        };
+        let resource = ResourceDefaults::from_attributes(&[text("node_name", "n1")]);
+        let m = map(&record, &resource).unwrap();
+        let Entry::Http(e) = m.entry else {
+            panic!("HTTP")
+        };
+        assert_eq!(&m.identifier.node.unwrap().id[..], b"n1");
+        let resp = e.response.unwrap();
+        assert_eq!(resp.response_code.unwrap().value, 403);
+        assert_eq!(resp.response_body_bytes, 19);
+        let c = e.common_properties.unwrap();
+        assert!(c.upstream_remote_address.is_none());
+        let flags = c.response_flags.unwrap();
+        assert!(flags.unauthorized_details.is_some() && flags.downstream_connection_termination);
+        let start = c.start_time.unwrap();
+        assert_eq!((start.seconds, start.nanos), (1_772_446_504, 118_123_456));
+        let peer = c
+            .tls_properties
+            .unwrap()
+            .peer_certificate_properties
+            .unwrap();
+        assert_eq!(peer.subject_alt_name.len(), 2);
+    }
+
+    #[test]
+    fn no_method_is_a_tcp_entry_and_bad_values_are_refused_by_name() {
+        let tcp = LogRecord {
+            attributes: vec![text(keys::METHOD, "-"), text(keys::BYTES_RECEIVED, "1000")],
+            ..Default::default()
+        };
+        let m = map(&tcp, &ResourceDefaults::default()).unwrap();
+        assert!(matches!(m.entry, Entry::Tcp(_)));
+        let bad = LogRecord {
+            attributes: vec![
+                text(keys::METHOD, "GET"),
+                text(keys::BYTES_RECEIVED, "lots"),
+            ],
+            ..Default::default()
+        };
+        let err = map(&bad, &ResourceDefaults::default()).unwrap_err();
+        assert_eq!(err.reason(), "bad_attribute");
+        assert!(err.to_string().contains(keys::BYTES_RECEIVED), "{err}");
+        let json = LogRecord {
+            attributes: vec![text(
+                "envoy.dynamic_metadata.envoy.filters.http.rbac",
+                "{\"secret\": ",
+            )],
+            ..Default::default()
+        };
+        let err = map(&json, &ResourceDefaults::default()).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "no value in {err}");
+        let other = LogRecord {
+            attributes: vec![text("service.name", "checkout")],
+            ..Default::default()
+        };
+        assert_eq!(
+            map(&other, &ResourceDefaults::default()).unwrap_err(),
+            Refusal::NotAccessLog
+        );
+    }
+}
