@@ -116,6 +116,9 @@ impl ResourceDefaults {
 }
 
 /// One log record as the ALS entry the join reads.
+// Both variants are large; a value lives only until it is encoded, and boxing would cost an
+// allocation per record on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Entry {
     Http(HttpAccessLogEntry),
