@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use prost::Message as _;
 
-use super::corpus::{Corpus, Message, PLACEHOLDER};
+use super::corpus::{placeholders, Corpus, Message, PLACEHOLDER};
 use crate::ingest::otlp::entry::keys;
 use crate::ingest::wire::{
     self, stream_access_logs_message::LogEntries, AccessLogCommon, HttpAccessLogEntry,
@@ -68,19 +68,6 @@ fn convert_message(m: &Message, node_id: &str, cluster: &str) -> Option<Message>
         patches,
         denied: m.denied,
     })
-}
-
-fn placeholders(bytes: &[u8]) -> Vec<usize> {
-    let mut at = Vec::new();
-    let mut i = 0;
-    while let Some(pos) = bytes[i..]
-        .windows(PLACEHOLDER.len())
-        .position(|w| w == PLACEHOLDER)
-    {
-        at.push(i + pos);
-        i += pos + PLACEHOLDER.len();
-    }
-    at
 }
 
 fn s(b: &[u8]) -> String {
