@@ -24,6 +24,8 @@ use crate::store::spool::FsyncMode;
 
 pub const DEFAULT_ALS_ADDR: &str = "0.0.0.0:9000";
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9001";
+/// OTLP's registered gRPC port.
+pub const DEFAULT_OTLP_ADDR: &str = "0.0.0.0:4317";
 pub const DEFAULT_DATA_DIR: &str = "./meshaudit-data";
 /// Envoy opens an ALS stream per worker thread and logger, and each worker has its own
 /// connection, so a connection carries a few streams; 100 is HTTP/2's customary value.
@@ -373,6 +375,12 @@ pub struct ServeOptions {
         value_name = "SECS"
     )]
     pub start_time_max_future_secs: Option<u64>,
+
+    /// Address of the OTLP logs listener (gRPC `LogsService/Export`, for Envoy's OpenTelemetry
+    /// access logger and OpenTelemetry Collectors), or `off`. Same TLS, allow-list and limits
+    /// as the ALS listener [default: 0.0.0.0:4317].
+    #[arg(long, env = "MESHAUDIT_OTLP_ADDR", value_name = "HOST:PORT|off")]
+    pub otlp_addr: Option<String>,
 }
 
 impl ServeOptions {
@@ -456,6 +464,7 @@ impl ServeOptions {
             start_time_max_future_secs: self
                 .start_time_max_future_secs
                 .or(file.start_time_max_future_secs),
+            otlp_addr: self.otlp_addr.or(file.otlp_addr),
         }
     }
 }
@@ -497,6 +506,8 @@ pub struct ServeConfig {
     pub spool_fsync: FsyncMode,
     /// Connections, deadlines and the start-time window (issue 15).
     pub hardening: Hardening,
+    /// The OTLP logs listener; `None` = off.
+    pub otlp_addr: Option<SocketAddr>,
 }
 
 /// Bounds on what a client can make the collector hold or the database do.
@@ -596,6 +607,21 @@ fn resolve_hardening(o: &ServeOptions) -> Result<Hardening, ConfigError> {
                 0..=7 * 86_400,
             )?),
         },
+    })
+}
+
+/// `otlp_addr`: `off` (any case) turns the listener off; otherwise a socket address.
+fn resolve_otlp_addr(v: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    let v = v.unwrap_or(DEFAULT_OTLP_ADDR).trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>().map(Some).map_err(|_| {
+        ConfigError::invalid(
+            "otlp_addr",
+            format!("`{v}` is neither HOST:PORT nor off"),
+            "give an IP address and port such as 0.0.0.0:4317, or off to serve no OTLP listener",
+        )
     })
 }
 
@@ -711,6 +737,7 @@ impl ServeConfig {
             spool_segment_bytes: opts.spool_segment_bytes.unwrap_or(64 << 20),
             spool_fsync,
             hardening,
+            otlp_addr: resolve_otlp_addr(opts.otlp_addr.as_deref())?,
         };
         if cfg.postgres.is_none() {
             if opts.migrate_on_start == Some(true) {
@@ -733,6 +760,22 @@ impl ServeConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(otlp) = self.otlp_addr.filter(|a| a.port() != 0) {
+            for (other, flag) in [
+                (self.als_addr, "--als-addr"),
+                (self.admin_addr, "--admin-addr"),
+            ] {
+                if otlp == other {
+                    return Err(ConfigError::invalid(
+                        "otlp_addr",
+                        format!("{otlp} is also the address of {flag}"),
+                        format!(
+                            "give --otlp-addr and {flag} different ports, or set --otlp-addr off"
+                        ),
+                    ));
+                }
+            }
+        }
         if self.als_addr == self.admin_addr && self.als_addr.port() != 0 {
             return Err(ConfigError::invalid(
                 "admin_addr",

@@ -17,6 +17,7 @@
 //! reported. `bytes` counts protobuf message bytes (without the 5-byte gRPC frame headers).
 
 pub mod corpus;
+pub mod otlp;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -71,6 +72,11 @@ pub struct LoadgenOptions {
     /// Seed of the generated corpus (same seed, same entries).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
+    /// Send the same requests as OTLP logs (LogsService/Export, the attributes of
+    /// docs/otlp-attributes.md) to --target, the collector's otlp_addr; each "stream" is then a
+    /// sequence of unary Export calls, one per message.
+    #[arg(long, default_value_t = false)]
+    pub otlp: bool,
 }
 
 #[derive(Debug, Error)]
@@ -203,6 +209,20 @@ pub async fn run(opts: &LoadgenOptions) -> Result<LoadgenReport, LoadgenError> {
         problem: format!("corpus generation failed: {e}"),
         fix: "report this as a bug",
     })??;
+    // Node ids carry a per-run nonce so that two runs never produce the same record ids.
+    let nonce = chrono::Utc::now().timestamp_micros() as u64 & 0xff_ffff;
+    let corpus = if opts.otlp {
+        let node = format!("sidecar~198.51.100.1~loadgen-{nonce:06x}.shop~shop.svc.cluster.local");
+        tokio::task::spawn_blocking(move || otlp::convert(&corpus, &node, "orders.shop"))
+            .await
+            .map_err(|e| LoadgenError::Invalid {
+                flag: "otlp",
+                problem: format!("corpus conversion failed: {e}"),
+                fix: "report this as a bug",
+            })?
+    } else {
+        corpus
+    };
     let corpus = Arc::new(corpus);
     let generate_seconds = generating.elapsed().as_secs_f64();
 
@@ -230,8 +250,6 @@ pub async fn run(opts: &LoadgenOptions) -> Result<LoadgenReport, LoadgenError> {
         );
     }
 
-    // Node ids carry a per-run nonce so that two runs never produce the same record ids.
-    let nonce = chrono::Utc::now().timestamp_micros() as u64 & 0xff_ffff;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(opts.duration_secs);
     let per_stream_rate = opts.rate.map(|r| r / opts.streams as f64);
@@ -243,21 +261,30 @@ pub async fn run(opts: &LoadgenOptions) -> Result<LoadgenReport, LoadgenError> {
         let plan = StreamPlan {
             index: s,
             corpus: Arc::clone(&corpus),
-            identifier: corpus::identifier_prefix(
-                format!(
-                    "sidecar~198.51.100.{}~loadgen-{nonce:06x}-{s}.shop~shop.svc.cluster.local",
-                    s % 250 + 1
-                ),
-                "orders.shop".into(),
-                "http_envoy_accesslog",
-            ),
+            // OTLP requests name their proxy in every record: no stream identifier.
+            identifier: if opts.otlp {
+                Bytes::new()
+            } else {
+                corpus::identifier_prefix(
+                    format!(
+                        "sidecar~198.51.100.{}~loadgen-{nonce:06x}-{s}.shop~shop.svc.cluster.local",
+                        s % 250 + 1
+                    ),
+                    "orders.shop".into(),
+                    "http_envoy_accesslog",
+                )
+            },
             tcp_share: opts.tcp_share,
             per_stream_rate,
             deadline,
             counters,
         };
         let channel = channels[s % channels.len()].clone();
-        tasks.spawn(send_stream(channel, plan));
+        if opts.otlp {
+            tasks.spawn(send_exports(channel, plan));
+        } else {
+            tasks.spawn(send_stream(channel, plan));
+        }
     }
     let mut errors = 0;
     while let Some(done) = tasks.join_next().await {
@@ -420,6 +447,25 @@ async fn send_stream(channel: Channel, plan: StreamPlan) -> Result<(), Status> {
     .map(|_| ())
 }
 
+/// `--otlp`: one unary Export per message, in sequence (a "stream" is one sender's calls).
+async fn send_exports(channel: Channel, plan: StreamPlan) -> Result<(), Status> {
+    const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    let mut cursor = Cursor::new(plan);
+    let mut grpc = tonic::client::Grpc::new(channel);
+    while let Some(item) = cursor.next().await {
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
+        grpc.unary(
+            tonic::Request::new(item),
+            http::uri::PathAndQuery::from_static(EXPORT_PATH),
+            RawCodec,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Writes pre-encoded messages as they are, patching each entry's placeholder on the way.
 #[derive(Debug, Default, Clone, Copy)]
 struct RawCodec;
@@ -508,6 +554,7 @@ mod tests {
             tcp_share: 0.1,
             raw_tokens_jwks_out: None,
             seed: 1,
+            otlp: false,
         }
     }
 

@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState, AdminTimeouts};
 use crate::config::ServeConfig;
 use crate::ingest::conn::{self, ConnLimits, OpenFiles};
 use crate::ingest::limits::StreamLimits;
+use crate::ingest::otlp::{ExportHandler, OtlpServer};
 use crate::ingest::service::{AlsServer, StreamHandler};
 use crate::join::identity::{IdentityError, IdentityResolver};
 use crate::join::redact::Redactor;
@@ -132,6 +133,10 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     let admin_listener = bind("the admin address", "--admin-addr", cfg.admin_addr).await?;
     let als_addr = als_listener.local_addr().unwrap_or(cfg.als_addr);
     let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_addr);
+    let otlp_listener = match cfg.otlp_addr {
+        Some(addr) => Some(bind("the OTLP address", "--otlp-addr", addr).await?),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -171,18 +176,59 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
             cfg.als_max_stream_age,
         ),
     });
-    let router = tonic::transport::Server::builder()
-        // Per connection, HTTP/2 itself makes the client queue streams over the limit.
-        .max_concurrent_streams(cfg.als_max_streams_per_connection)
-        // A connection that receives nothing for the interval is pinged; one that does not
-        // answer within the timeout (a dead or fake peer) is closed and frees its slot.
-        .http2_keepalive_interval(cfg.hardening.als_keepalive_interval)
-        .http2_keepalive_timeout(Some(cfg.hardening.als_keepalive_timeout))
-        .add_service(AlsServer::new(handler, cfg.max_message_bytes));
+    // The OTLP receiver shares the ALS listener's settings, peer check, join and spool.
+    let otlp_handler = Arc::new(ExportHandler {
+        joiner: Arc::clone(&handler.joiner),
+        out: pipeline.appender.clone(),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown.clone(),
+        peers: cfg.als_peers.clone(),
+        limits: StreamLimits::new(cfg.als_max_streams, None, None),
+    });
+    // One server configuration for both listeners.
+    let server = || {
+        tonic::transport::Server::builder()
+            // Per connection, HTTP/2 itself makes the client queue streams over the limit.
+            .max_concurrent_streams(cfg.als_max_streams_per_connection)
+            // A connection that receives nothing for the interval is pinged; one that does not
+            // answer within the timeout (a dead or fake peer) is closed and frees its slot.
+            .http2_keepalive_interval(cfg.hardening.als_keepalive_interval)
+            .http2_keepalive_timeout(Some(cfg.hardening.als_keepalive_timeout))
+    };
+    let otlp_router = server().add_service(OtlpServer::new(otlp_handler, cfg.max_message_bytes));
+    let router = server().add_service(AlsServer::new(handler, cfg.max_message_bytes));
     let stop = shutdown.clone().cancelled_owned();
     // Both listeners go through one accept loop: the connection bound, the handshake/preface
     // deadline and the out-of-files accounting (ingest::conn).
     let limits = ConnLimits::new(max_connections, cfg.hardening.als_handshake_timeout);
+    // The OTLP listener takes its connections from the same budget (one `ConnLimits`).
+    let otlp_task = otlp_listener.map(|listener| {
+        let addr = listener.local_addr().ok();
+        let stop = shutdown.clone().cancelled_owned();
+        let task = match &cfg.als_tls {
+            None => tokio::spawn(otlp_router.serve_with_incoming_shutdown(
+                conn::incoming(
+                    listener,
+                    Arc::clone(&limits),
+                    conn::Plain(Arc::clone(&metrics)),
+                    Arc::clone(&metrics),
+                    shutdown.clone(),
+                ),
+                stop,
+            )),
+            Some(tls) => tokio::spawn(otlp_router.serve_with_incoming_shutdown(
+                conn::incoming(
+                    listener,
+                    Arc::clone(&limits),
+                    tls.upgrade(Arc::clone(&metrics)),
+                    Arc::clone(&metrics),
+                    shutdown.clone(),
+                ),
+                stop,
+            )),
+        };
+        (addr, task)
+    });
     let server_task = match &cfg.als_tls {
         None => tokio::spawn(router.serve_with_incoming_shutdown(
             conn::incoming(
@@ -206,9 +252,11 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         )),
     };
 
+    let term = sigterm();
     ready.store(true, Ordering::Release);
     info!(
         %als_addr,
+        otlp_addr = ?otlp_task.as_ref().and_then(|(a, _)| *a),
         %admin_addr,
         data_dir = %cfg.data_dir.display(),
         spool_dir = %cfg.spool_dir.display(),
@@ -231,7 +279,7 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         }
     }
 
-    wait_for_signal().await;
+    wait_for_signal(term).await;
     info!("shutting down: ending ALS streams and draining the sinks");
     ready.store(false, Ordering::Release);
     shutdown.cancel();
@@ -242,6 +290,14 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         Ok(Ok(Err(e))) => error!(error = %e, "ALS server ended with an error"),
         Ok(Err(e)) => error!(error = %e, "ALS server task failed"),
         Err(_) => error!("ALS server did not stop within the shutdown deadline"),
+    }
+    if let Some((_, task)) = otlp_task {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => error!(error = %e, "OTLP server ended with an error"),
+            Ok(Err(e)) => error!(error = %e, "OTLP server task failed"),
+            Err(_) => error!("OTLP server did not stop within the shutdown deadline"),
+        }
     }
     // Accepted batches are in the spool whatever happens now; the drain only decides whether
     // the sinks have them before exit or at the next start.
@@ -292,9 +348,15 @@ fn als_connection_bound(cfg: &ServeConfig, open_files: OpenFiles, metrics: &Metr
     bound.max(1)
 }
 
-async fn wait_for_signal() {
+/// Installed before the collector reports ready: a SIGTERM that comes right after /readyz
+/// answers 200 must drain, not kill the process with the default action.
+fn sigterm() -> std::io::Result<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
+    signal(SignalKind::terminate())
+}
+
+async fn wait_for_signal(term: std::io::Result<tokio::signal::unix::Signal>) {
+    match term {
         Ok(mut term) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -174,6 +174,22 @@ pub struct Metrics {
     // The start-time window (join::traffic).
     /// Records whose start_time was outside the window and was clamped to received_at.
     pub start_time_clamped: AtomicU64,
+    // The OTLP logs receiver (ingest::otlp).
+    pub otlp: OtlpMetrics,
+}
+
+/// The OTLP logs receiver's counters (`meshaudit_otlp_*`).
+#[derive(Debug, Default)]
+pub struct OtlpMetrics {
+    /// Export calls whose accepted records are in the spool.
+    pub exports: AtomicU64,
+    pub records_accepted: AtomicU64,
+    /// Of those, records that carried only Istio's default text line (no identity labels).
+    pub records_text_only: AtomicU64,
+    pub refused_not_access_log: AtomicU64,
+    pub refused_bad_attribute: AtomicU64,
+    /// Records the join refused (malformed metadata).
+    pub refused_malformed: AtomicU64,
 }
 
 impl Metrics {
@@ -204,7 +220,7 @@ impl Metrics {
         }
     }
 
-    fn counters(&self) -> [Counter; 32] {
+    fn counters(&self) -> [Counter; 38] {
         let g = |a: &AtomicU64| a.load(Relaxed);
         [
             (
@@ -398,6 +414,42 @@ impl Metrics {
                 "records whose start_time was outside the accepted window around received_at, stored with start_time = received_at and start_time_clamped = true",
                 &[],
                 g(&self.start_time_clamped),
+            ),
+            (
+                "otlp_exports",
+                "OTLP logs Export calls whose accepted records are in the spool",
+                &[],
+                g(&self.otlp.exports),
+            ),
+            (
+                "otlp_log_records_accepted",
+                "OTLP log records stored as audit records",
+                &[],
+                g(&self.otlp.records_accepted),
+            ),
+            (
+                "otlp_log_records_text_only",
+                "OTLP log records stored from Istio's default text line alone (no documented attributes: identity absent, decision from the line only); configure the provider's labels (docs/otlp-attributes.md)",
+                &[],
+                g(&self.otlp.records_text_only),
+            ),
+            (
+                "otlp_log_records_refused",
+                "OTLP log records refused through partial success, by reason",
+                &[("reason", "not_access_log")],
+                g(&self.otlp.refused_not_access_log),
+            ),
+            (
+                "otlp_log_records_refused",
+                "OTLP log records refused through partial success, by reason",
+                &[("reason", "bad_attribute")],
+                g(&self.otlp.refused_bad_attribute),
+            ),
+            (
+                "otlp_log_records_refused",
+                "OTLP log records refused through partial success, by reason",
+                &[("reason", "malformed")],
+                g(&self.otlp.refused_malformed),
             ),
         ]
     }

@@ -485,6 +485,22 @@ impl Collector {
         (svc, port)
     }
 
+    /// The Service port that reaches the OTLP listener.
+    fn otlp_service_port(&self) -> &Value {
+        let (svc, _) = self.service();
+        let otlp = self
+            .config
+            .otlp_addr
+            .unwrap_or_else(|| panic!("the shipped config turns the OTLP listener off"));
+        seq_at(&svc.doc, "/spec/ports", &svc.what())
+            .iter()
+            .find(|p| {
+                self.container_port(p.get("targetPort").unwrap_or(&p["port"]))
+                    == u64::from(otlp.port())
+            })
+            .unwrap_or_else(|| panic!("{}: no port reaches the OTLP listener", svc.what()))
+    }
+
     /// What Istio's extension providers must name: `<svc>.<ns>.svc.cluster.local`.
     fn service_fqdn(&self) -> String {
         let (svc, _) = self.service();
@@ -884,9 +900,12 @@ fn service_probes_and_scrape_annotations_use_the_configured_ports() {
     let (svc, als) = c.service();
     assert_eq!(als["name"], json!("grpc-als"), "{}", svc.what());
     assert_eq!(als["appProtocol"], json!("grpc"), "{}", svc.what());
+    let otlp = c.otlp_service_port();
+    assert_eq!(otlp["name"], json!("grpc-otlp"), "{}", svc.what());
+    assert_eq!(otlp["appProtocol"], json!("grpc"), "{}", svc.what());
     let admin = seq_at(&svc.doc, "/spec/ports", &svc.what())
         .iter()
-        .find(|p| p["name"] != als["name"])
+        .find(|p| p["name"] != als["name"] && p["name"] != otlp["name"])
         .expect("an admin port on the Service");
     assert_eq!(
         c.container_port(admin.get("targetPort").unwrap_or(&admin["port"])),
@@ -1043,6 +1062,10 @@ fn extension_providers_point_at_the_collector_service() {
     let mut kinds = BTreeSet::new();
     for p in &providers {
         let name = str_at(p, "/name", "extension provider");
+        if let Some(body) = p.get("envoyOtelAls") {
+            check_otel_provider(&c, name, body);
+            continue;
+        }
         let (kind, body) = ["envoyHttpAls", "envoyTcpAls"]
             .iter()
             .find_map(|k| p.get(*k).map(|b| (*k, b)))
@@ -1080,24 +1103,38 @@ fn extension_providers_point_at_the_collector_service() {
     // The main README shows the same registration.
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    let block = readme
+    let blocks: Vec<&str> = readme
         .split("```yaml")
         .skip(1)
         .filter_map(|b| b.split("```").next())
-        .find(|b| b.contains("extensionProviders"))
-        .expect("README.md shows the extension providers");
-    let shown = serde_norway::Deserializer::from_str(block)
-        .next()
-        .map(|d| Value::deserialize(d).expect("README yaml"))
-        .expect("README yaml document");
-    for p in seq_at(&shown, "/meshConfig/extensionProviders", "README.md") {
+        .filter(|b| b.contains("extensionProviders"))
+        .collect();
+    assert!(
+        blocks.len() >= 2,
+        "README.md shows the ALS and the OpenTelemetry providers"
+    );
+    let shown: Vec<Value> = blocks
+        .iter()
+        .flat_map(|block| {
+            let doc = serde_norway::Deserializer::from_str(block)
+                .next()
+                .map(|d| Value::deserialize(d).expect("README yaml"))
+                .expect("README yaml document");
+            seq_at(&doc, "/meshConfig/extensionProviders", "README.md").clone()
+        })
+        .collect();
+    assert!(
+        shown.iter().any(|p| p.get("envoyOtelAls").is_some()),
+        "README.md shows the envoyOtelAls provider"
+    );
+    for p in &shown {
         let name = str_at(p, "/name", "README provider");
         let ours = providers
             .iter()
             .find(|q| q["name"].as_str() == Some(name))
             .unwrap_or_else(|| panic!("README.md names provider {name}, deploy/ does not"));
-        for kind in ["envoyHttpAls", "envoyTcpAls"] {
-            for field in ["service", "port", "logName"] {
+        for kind in ["envoyHttpAls", "envoyTcpAls", "envoyOtelAls"] {
+            for field in ["service", "port", "logName", "logFormat"] {
                 assert_eq!(
                     p.pointer(&format!("/{kind}/{field}")),
                     ours.pointer(&format!("/{kind}/{field}")),
@@ -1106,6 +1143,67 @@ fn extension_providers_point_at_the_collector_service() {
             }
         }
     }
+}
+
+/// The `envoyOtelAls` provider: the Service's OTLP port, and labels that carry the attribute
+/// contract (docs/otlp-attributes.md) without a secret header.
+fn check_otel_provider(c: &Collector, name: &str, body: &Value) {
+    use meshaudit::ingest::otlp::entry::keys;
+    assert_eq!(
+        body["service"],
+        json!(c.service_fqdn()),
+        "provider {name}: service"
+    );
+    assert_eq!(
+        body["port"],
+        c.otlp_service_port()["port"],
+        "provider {name}: port of the Service port that reaches otlp_addr"
+    );
+    let labels = body["logFormat"]["labels"]
+        .as_object()
+        .unwrap_or_else(|| panic!("provider {name}: no logFormat.labels"));
+    // istiod sets disable_builtin_labels: the proxy's identity must come from labels.
+    for key in [
+        keys::NODE_ID,
+        keys::NODE_CLUSTER,
+        keys::LOG_NAME,
+        keys::METHOD,
+        keys::STATUS_CODE,
+        keys::RESPONSE_CODE_DETAILS,
+        keys::RESPONSE_FLAGS,
+        keys::PEER_URI_SAN,
+        keys::LOCAL_URI_SAN,
+        keys::UPSTREAM_CLUSTER,
+        keys::UPSTREAM_HOST,
+        "envoy.dynamic_metadata.envoy.filters.http.jwt_authn",
+        "envoy.dynamic_metadata.envoy.filters.http.rbac",
+        "envoy.dynamic_metadata.envoy.filters.http.ext_authz",
+        "http.request.header.traceparent",
+    ] {
+        assert!(
+            labels.contains_key(key),
+            "provider {name}: label {key} missing"
+        );
+    }
+    for (key, value) in labels {
+        let v = value.as_str().unwrap_or("").to_ascii_lowercase();
+        for secret in SECRET_HEADERS {
+            assert!(
+                !v.contains(&format!("%req({secret})%")) && !key.ends_with(&format!(".{secret}")),
+                "provider {name}: label {key} logs {secret}, a secret"
+            );
+        }
+    }
+}
+
+/// The providers a mesh-wide Telemetry turns on: the gRPC ALS ones (the OpenTelemetry provider
+/// is their alternative, enabled instead of them, never with them).
+fn als_provider_names() -> BTreeSet<String> {
+    extension_providers()
+        .iter()
+        .filter(|p| p.get("envoyOtelAls").is_none())
+        .map(|p| str_at(p, "/name", "extension provider").to_owned())
+        .collect()
 }
 
 #[test]
@@ -1166,10 +1264,11 @@ fn telemetry_names_registered_providers() {
             }
         }
     }
+    let als_providers = als_provider_names();
     let enables_all = |t: &Obj| {
         seq_at(&t.doc, "/spec/accessLogging", &t.what())
             .iter()
-            .any(|r| r["disabled"] != json!(true) && rule_providers(r) == providers)
+            .any(|r| r["disabled"] != json!(true) && rule_providers(r) == als_providers)
     };
     // Mesh-wide: root namespace, no selector or target, all providers on.
     assert!(
@@ -1537,6 +1636,55 @@ fn istiod_logger(provider: &Value) -> Value {
     })
 }
 
+/// Istio's default access log format (`EnvoyTextLogFormat`), the body istiod gives an
+/// `envoyOtelAls` logger whose provider sets no `logFormat.text`.
+const ISTIO_DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// What istiod generates for an `envoyOtelAls` provider (pilot/pkg/model/telemetry_logging.go):
+/// envoy_grpc to the Service's outbound cluster with the Service host as authority, V3, log
+/// name `otel_envoy_accesslog` unless set, `disable_builtin_labels`, the text format (or
+/// Istio's default) as the body, the labels as string attributes sorted by key, and the CEL
+/// formatter when a label uses `%CEL(..)%`.
+fn istiod_otel_logger(provider: &Value) -> Value {
+    let p = &provider["envoyOtelAls"];
+    let service = str_at(p, "/service", "provider");
+    let port = p["port"].as_u64().expect("provider port");
+    let labels = p["logFormat"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut keys: Vec<&String> = labels.keys().collect();
+    keys.sort();
+    let mut typed = json!({
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "common_config": {
+            "log_name": p.get("logName").cloned().unwrap_or(json!("otel_envoy_accesslog")),
+            "grpc_service": {"envoy_grpc": {
+                "cluster_name": format!("outbound|{port}||{service}"),
+                "authority": service,
+            }},
+            "transport_api_version": "V3",
+        },
+        "disable_builtin_labels": true,
+        "body": {"string_value": p["logFormat"].get("text").cloned().unwrap_or(json!(ISTIO_DEFAULT_FORMAT))},
+    });
+    if !keys.is_empty() {
+        typed["attributes"] = json!({"values": keys.iter().map(|k| json!({
+            "key": k, "value": {"string_value": labels[k.as_str()]},
+        })).collect::<Vec<_>>()});
+    }
+    if labels
+        .values()
+        .any(|v| v.as_str().is_some_and(|s| s.contains("%CEL(")))
+    {
+        typed["formatters"] = json!([{
+            "name": "envoy.formatter.cel",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"},
+        }]);
+    }
+    json!({"name": "envoy.access_loggers.open_telemetry", "typed_config": typed})
+}
+
 /// The real-Envoy tests (tests/python/test_envoy.py) run exactly the loggers deploy/ makes Istio
 /// configure: the Telemetry API providers of deploy/istio/mesh-config as istiod renders them,
 /// and the EnvoyFilter of deploy/istio/envoyfilter verbatim.
@@ -1552,6 +1700,21 @@ fn real_envoy_tests_run_the_loggers_deploy_configures() {
 
     let tested = real_envoy_loggers("als-telemetry-api.yaml", &cluster, &fqdn);
     for provider in extension_providers() {
+        if provider.get("envoyOtelAls").is_some() {
+            let port = c.otlp_service_port()["port"].as_u64().expect("port");
+            let otel =
+                real_envoy_loggers("otel-als.yaml", &format!("outbound|{port}||{fqdn}"), &fqdn);
+            let generated = istiod_otel_logger(&provider);
+            for kind in ["http", "tcp"] {
+                assert_eq!(
+                    otel[kind],
+                    json!([generated]),
+                    "tests/python/envoy/otel-als.yaml ({kind}) differs from what istiod makes of provider {}",
+                    provider["name"]
+                );
+            }
+            continue;
+        }
         let generated = istiod_logger(&provider);
         let kind = if provider["envoyHttpAls"].is_object() {
             "http"

@@ -8,12 +8,14 @@
 //! - `peer_auth`: which TLS peers may write (client certificate, SPIFFE allow-list).
 //! - `limits`: streams in total, idle timeout, maximum stream age.
 //! - `conn`: connections in total, handshake/preface deadline, the open-files limit.
+//! - `otlp`: the OTLP logs receiver (LogsService/Export), same limits and join as ALS.
 //! - `stack_refusals`: streams the HTTP/2 layer resets before the service sees them, counted
 //!   and logged once with the fix.
 
 pub mod codec;
 pub mod conn;
 pub mod limits;
+pub mod otlp;
 pub mod pbstruct;
 pub mod peer_auth;
 pub mod service;

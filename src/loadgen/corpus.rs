@@ -206,7 +206,8 @@ fn batch<E: prost::Message>(
     out
 }
 
-fn placeholders(bytes: &[u8]) -> Vec<usize> {
+/// Offsets of every [`PLACEHOLDER`] in `bytes`, ascending.
+pub(crate) fn placeholders(bytes: &[u8]) -> Vec<usize> {
     let mut at = Vec::new();
     let mut i = 0;
     while let Some(pos) = bytes[i..]

@@ -90,6 +90,8 @@ pub struct Collector {
     child: Child,
     pub als_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The OTLP logs listener (given as MESHAUDIT_OTLP_ADDR, so a test's flag wins).
+    pub otlp_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// Everything the process wrote to stdout and stderr.
     pub output: Arc<Mutex<String>>,
@@ -114,7 +116,7 @@ impl Collector {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Collector {
-        let [als_addr, admin_addr] = free_addrs::<2>();
+        let [als_addr, admin_addr, otlp_addr] = free_addrs::<3>();
         let bin = env!("CARGO_BIN_EXE_meshaudit");
         let mut cmd = match wrapper.split_first() {
             None => Command::new(bin),
@@ -135,6 +137,8 @@ impl Collector {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
+            // Not the default 4317: tests run side by side.
+            .env("MESHAUDIT_OTLP_ADDR", otlp_addr.to_string())
             // The fixtures are dated (2026-03-02), far outside the default start-time window of
             // 7 days before receipt: accept them as sent (10 years back, 7 days ahead). Tests of
             // the window pass the flags, which take precedence over the environment.
@@ -180,6 +184,7 @@ impl Collector {
             child,
             als_addr,
             admin_addr,
+            otlp_addr,
             data_dir: data_dir.to_path_buf(),
             output,
         };
@@ -202,6 +207,10 @@ impl Collector {
             std::thread::sleep(Duration::from_millis(20));
         }
         c
+    }
+
+    pub fn otlp_url(&self) -> String {
+        format!("http://{}", self.otlp_addr)
     }
 
     pub fn als_url(&self) -> String {

@@ -43,6 +43,13 @@ LOGGERS = {
     "telemetry-api": HERE / "envoy" / "als-telemetry-api.yaml",
     "envoyfilter": HERE / "envoy" / "als-envoyfilter.yaml",
 }
+# OpenTelemetry loggers, added beside an ALS form ("telemetry-api+otel-als"): to the collector's
+# OTLP port only (the test's receiver speaks ALS).
+OTEL_LOGGERS = {
+    "otel-als": HERE / "envoy" / "otel-als.yaml",
+    "otel-default": HERE / "envoy" / "otel-default.yaml",
+}
+COLLECTOR_OTLP_CLUSTER = "outbound|4317||meshaudit.meshaudit.svc.cluster.local"
 
 COLLECTOR_CLUSTER = "outbound|9000||meshaudit.meshaudit.svc.cluster.local"
 COLLECTOR_AUTHORITY = "meshaudit.meshaudit.svc.cluster.local"
@@ -125,10 +132,21 @@ def loggers(form: str, kind: str) -> str:
     return to_collector + "\n" + to_receiver
 
 
+def otel_loggers(name: str, kind: str) -> str:
+    """The OpenTelemetry logger file `name`'s loggers for `kind`, to the collector's OTLP port."""
+    return Template(_section(OTEL_LOGGERS[name].read_text(), kind)).substitute(
+        ALS_CLUSTER=COLLECTOR_OTLP_CLUSTER, ALS_AUTHORITY=COLLECTOR_AUTHORITY
+    )
+
+
 def render(form: str, ports: dict[str, int]) -> str:
+    """`form` is an ALS logger form, optionally followed by OpenTelemetry logger files:
+    "telemetry-api+otel-als+otel-default"."""
+    als_form, *otel = form.split("+")
     text = BOOTSTRAP.read_text()
-    text = _indent_into(text, "HTTP_ACCESS_LOG", loggers(form, "http"))
-    text = _indent_into(text, "TCP_ACCESS_LOG", loggers(form, "tcp"))
+    for kind, placeholder in (("http", "HTTP_ACCESS_LOG"), ("tcp", "TCP_ACCESS_LOG")):
+        block = "\n".join([loggers(als_form, kind)] + [otel_loggers(o, kind) for o in otel])
+        text = _indent_into(text, placeholder, block)
     return Template(text).substitute(
         NODE_ID=NODE_ID, TENANT_ID=TENANT_ID, API_CLIENT_ID=API_CLIENT_ID, **ports
     )

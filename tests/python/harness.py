@@ -118,7 +118,8 @@ class Collector:
         # them; that shows as an early exit naming the address, and is retried with new ports.
         for _attempt in range(3):
             self.als_port, self.admin_port = free_port(), free_port()
-            if self.als_port == self.admin_port:
+            self.otlp_port = free_port()
+            if len({self.als_port, self.admin_port, self.otlp_port}) < 3:
                 continue
             self._spawn()
             if self._wait_ready():
@@ -146,8 +147,11 @@ class Collector:
             *self.extra_args,
         ]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            env = child_env()
+            # Never the default 4317: tests run side by side. A test's --otlp-addr wins.
+            env["MESHAUDIT_OTLP_ADDR"] = f"127.0.0.1:{self.otlp_port}"
             self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=child_env()
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env
             )
 
     def _wait_ready(self) -> bool:

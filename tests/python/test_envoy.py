@@ -120,6 +120,7 @@ class Run:
     rows: dict[str, list[dict]]  # reader -> rows
     tcp_payloads: list[int]
     refused: dict[str, float]  # meshaudit_als_streams_refused_total by reason, non-zero ones
+    metrics: dict[str, float]  # /metrics at the end of the run
 
 
 def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a, reqs_b,
@@ -138,6 +139,7 @@ def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a
         collector.start()
         ports = dict(JWKS_PORT=jwks.port, AUTHZ_PORT=authz.port, UPSTREAM_PORT=upstream.port,
                      TCP_UPSTREAM_PORT=echo.port, COLLECTOR_PORT=collector.als_port,
+                     COLLECTOR_OTLP_PORT=collector.otlp_port,
                      RECEIVER_PORT=receiver.port)
         statuses = {}
         for batch, size in ((reqs_a, tcp_sizes[0]), (reqs_b, tcp_sizes[1])):
@@ -154,12 +156,18 @@ def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a
             # The collector's logger flushes on its own timer: what it sent has arrived.
             collector.wait_metric("meshaudit_als_entries_received_total",
                                   len(receiver.entries()))
+            # Each OpenTelemetry logger of the form logs every request and connection once more.
+            otel_loggers = form.count("+")
+            if otel_loggers:
+                collector.wait_metric("meshaudit_otlp_log_records_accepted_total",
+                                      otel_loggers * len(receiver.entries()))
             assert envoy.stop() == 0, envoy.log()[-3000:]
         for r in reqs_a + reqs_b:
             assert statuses[r.rid] == r.status, (r.rid, statuses[r.rid], r.status)
         received = receiver.entries()
         collector.wait_metric("meshaudit_als_entries_received_total", len(received))
-        refused = {k: v for k, v in collector.metrics().items()
+        metrics = collector.metrics()
+        refused = {k: v for k, v in metrics.items()
                    if k.startswith("meshaudit_als_streams_refused_total") and v}
         returncode = collector.stop()
     finally:
@@ -173,7 +181,7 @@ def run_envoy(tmp: Path, form: str, keys: E.Keys, tokens: dict[str, str], reqs_a
     out = Output(collector.data_dir)
     rows = {"duckdb": out.duckdb_rows(), "pyarrow": out.arrow_rows()}
     return Run(reqs_a + reqs_b, tokens, received, collector, returncode, rows,
-               list(tcp_sizes), refused)
+               list(tcp_sizes), refused, metrics)
 
 
 def run_form(tmp_path_factory, form: str) -> Run:
@@ -293,14 +301,18 @@ def test_envoy_restart_loses_nothing(any_run):
     assert first <= stored and second <= stored
 
 
-def test_no_token_reaches_the_collectors_files_or_logs(telemetry_run):
-    written = telemetry_run.collector.output_bytes()
-    for p in Output(telemetry_run.collector.data_dir).files():
+def _no_token_written(run: Run) -> None:
+    written = run.collector.output_bytes()
+    for p in Output(run.collector.data_dir).files():
         written += p.read_bytes()
-    for name, token in telemetry_run.tokens.items():
+    for name, token in run.tokens.items():
         sig = token.rsplit(".", 1)[1]
         assert sig.encode() not in written, f"{name} token's signature was written"
     assert b"secret-auth-code" not in written
+
+
+def test_no_token_reaches_the_collectors_files_or_logs(telemetry_run):
+    _no_token_written(telemetry_run)
 
 
 def test_envoyfilter_loggers_without_authority_are_stored(envoyfilter_run):
@@ -314,3 +326,77 @@ def test_envoyfilter_loggers_without_authority_are_stored(envoyfilter_run):
     assert "authority=" not in E.loggers("envoyfilter", "http")
     assert "authority:" not in E.loggers("envoyfilter", "http")
     assert run.refused == {}, run.refused
+
+
+# ---- Envoy's OpenTelemetry access logger beside the ALS logger (issue 12) --------------------
+# The same Envoy, listeners and traffic, with two more loggers to the collector's OTLP port:
+# the documented envoyOtelAls provider (tests/python/envoy/otel-als.yaml, labels of
+# docs/otlp-attributes.md) and a label-less one (otel-default.yaml: Istio's default line only).
+OTEL_FORM = "telemetry-api+otel-als+otel-default"
+ALS_LOG_NAMES = ("http_envoy_accesslog", "tcp_envoy_accesslog")
+OTEL_LOG_NAME = "otel_envoy_accesslog"
+# The columns that differ by construction between two loggers of one request.
+PER_LOGGER = {"record_id", "log_name", "received_at"}
+
+
+@pytest.fixture(scope="module")
+def otel_run(tmp_path_factory) -> Run:
+    return run_form(tmp_path_factory, OTEL_FORM)
+
+
+def _by_logger(run: Run, reader: str) -> tuple[dict, dict, dict]:
+    als, otel, text = {}, {}, {}
+    for r in run.rows[reader]:
+        target = als if r["log_name"] in ALS_LOG_NAMES else (
+            otel if r["log_name"] == OTEL_LOG_NAME else text)
+        assert _row_key(r) not in target, f"{_row_key(r)} stored twice by one logger"
+        target[_row_key(r)] = r
+    return als, otel, text
+
+
+@pytest.mark.parametrize("reader", ["duckdb", "pyarrow"])
+def test_otel_logger_records_equal_the_als_records_but_for_the_logger_columns(otel_run, reader):
+    run = otel_run
+    assert run.returncode == 0, run.collector.stderr()[-3000:]
+    als, otel, _ = _by_logger(run, reader)
+    assert len(als) == len(run.reqs) + len(run.tcp_payloads)
+    assert sorted(otel) == sorted(als)
+    problems = [f"{key}.{col}: ALS {als[key][col]!r}, OTLP {otel[key][col]!r}"
+                for key in als for col in als[key]
+                if col not in PER_LOGGER and not _same(otel[key][col], als[key][col])]
+    assert not problems, "\n".join(problems)
+    assert {r["log_name"] for r in otel.values()} == {OTEL_LOG_NAME}
+    assert run.metrics.get('meshaudit_otlp_log_records_refused_total{reason="not_access_log"}') == 0
+
+
+# Traffic columns Istio's default line carries (duration_ms is whole milliseconds there).
+LINE_COLUMNS = ("entry_kind", "protocol", "method", "path", "authority", "status_code",
+                "response_flags", "response_code_details", "request_bytes", "response_bytes",
+                "request_id", "user_agent", "client_address", "upstream_host",
+                "upstream_cluster", "route_name", "start_time")
+
+
+def test_label_less_provider_gives_the_traffic_columns_and_no_identity(otel_run):
+    run = otel_run
+    als, _, text = _by_logger(run, "duckdb")
+    assert sorted(text) == sorted(als)
+    problems = [f"{key}.{col}: ALS {als[key][col]!r}, line {text[key][col]!r}"
+                for key in als for col in LINE_COLUMNS
+                if not _same(text[key][col], als[key][col])]
+    assert not problems, "\n".join(problems)
+    for key, r in text.items():
+        # Nothing in the line names a caller; a proxy's own denial in response_code_details
+        # is the one piece of evidence the line has (the same rule as on every path).
+        denied_token = (r["response_code_details"] or "").startswith("jwt_authn_access_denied")
+        assert r["object_id"] is None and r["node_id"] is None, (key, r)
+        if not denied_token:
+            assert r["token_status"] == "absent", (key, r["token_status"])
+        if r["response_code_details"] == "via_upstream":
+            assert r["decision"] == "unevaluated", (key, r["decision"])
+    assert run.metrics["meshaudit_otlp_log_records_text_only_total"] == len(text)
+
+
+def test_no_token_reaches_the_collectors_files_or_logs_over_otlp(otel_run):
+    """The OTLP loggers' lines and labels carry the path with its query (redacted before a
+    record exists) and the verified claims, never the token."""
+    _no_token_written(otel_run)
