@@ -78,6 +78,8 @@ pub struct StoreMetrics {
     pub postgres_rows_inserted: AtomicU64,
     /// Rows COPYed that were already present (replays, client re-sends).
     pub postgres_rows_duplicate: AtomicU64,
+    /// Rows Postgres refused for a data reason, kept in `audit_rejects` (postgres/reject.rs).
+    pub postgres_rows_rejected: AtomicU64,
     sinks: [SinkMetrics; 2],
 }
 
@@ -186,6 +188,12 @@ impl StoreMetrics {
                 Kind::Counter,
                 "rows already present in audit_records (replays, re-sends)",
                 g(&self.postgres_rows_duplicate),
+            ),
+            one(
+                "postgres_rows_rejected",
+                Kind::Counter,
+                "rows postgres refused for a data reason, kept in audit_rejects",
+                g(&self.postgres_rows_rejected),
             ),
         ];
         type PerSink = (

@@ -264,11 +264,11 @@ async fn run_postgres(
         // The same batch until it is in: a batch is one transaction, so a failure leaves
         // nothing half-written, and a retry of a batch that did commit inserts nothing twice.
         loop {
-            let records = batch.frames.iter().flat_map(|f| f.records.iter());
+            let records: Vec<_> = batch.frames.iter().flat_map(|f| f.records.iter()).collect();
             let written = tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                w = sink.write(records) => w,
+                w = sink.write_or_reject(&records) => w,
             };
             match written {
                 Ok(_) => {
