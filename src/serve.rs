@@ -96,6 +96,8 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         Arc::clone(&metrics.store),
         tokio::runtime::Handle::current(),
     )?;
+    // The spool dir exists now (Spool::open creates it).
+    crate::store::disk::warn_if_bound_exceeds_free_space(&cfg.spool_dir, cfg.spool_max_bytes);
     // Tamper evidence (docs/tamper-evidence.md): one signed digest chain per sink. The instance
     // id lives in the spool directory, which this process now holds the lock of.
     let signer = Signer::start(&cfg.signing_key, &cfg.spool_dir)?;
@@ -254,10 +256,22 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     }
     let _ = admin_task.await;
     otel.shutdown();
-    info!(
-        records = metrics.parquet_records_written.load(Ordering::Relaxed),
-        "meshaudit stopped cleanly"
-    );
+    if drained.behind_bytes > 0 {
+        warn!(
+            records_in_spool = drained.behind_records,
+            counted_all = drained.behind_records_exact,
+            bytes_in_spool = drained.behind_bytes,
+            parquet_records_written = metrics.parquet_records_written.load(Ordering::Relaxed),
+            "meshaudit stopped with {}{} records in the spool that a sink has not taken; they will be delivered at the next start (keep the spool directory)",
+            if drained.behind_records_exact { "" } else { "at least " },
+            drained.behind_records,
+        );
+    } else {
+        info!(
+            records = metrics.parquet_records_written.load(Ordering::Relaxed),
+            "meshaudit stopped cleanly"
+        );
+    }
     Ok(())
 }
 

@@ -504,6 +504,12 @@ fn sigterm_with_postgres_down_exits_zero_and_delivers_at_the_next_start() {
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
     assert!(out.contains("delivered at the next start"), "{out}");
+    // The last line says how many records wait in the spool, not "stopped cleanly".
+    assert!(
+        out.contains("meshaudit stopped with 50 records in the spool that a sink has not taken; they will be delivered at the next start"),
+        "{out}"
+    );
+    assert!(!out.contains("stopped cleanly"), "{out}");
     // Parquet drained everything.
     assert_eq!(ids_of(&read_rows(dir.path())).len(), 100);
 

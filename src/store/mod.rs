@@ -6,9 +6,11 @@
 //! - `pipeline`: one driver per sink, reading the spool and acknowledging what is durable.
 //! - `metrics`: the store's counters and gauges.
 //! - `layout`: which files are in a data dir (the one listing reports and `verify` share).
+//! - `disk`: the spool volume's free space at start-up, records left in the spool at shutdown.
 //! - `digest`: tamper evidence: signed, chained SHA-256 digests of what each sink stored.
 
 pub mod digest;
+pub mod disk;
 pub mod layout;
 pub mod metrics;
 pub mod parquet;

@@ -53,6 +53,9 @@ pub struct Drained {
     pub complete: bool,
     /// Spooled bytes the slowest sink has yet to take (delivered at the next start).
     pub behind_bytes: u64,
+    /// Records in those bytes (`store::disk::records_behind`); a lower bound when not `exact`.
+    pub behind_records: u64,
+    pub behind_records_exact: bool,
 }
 
 /// Starts one driver per sink. `rt` runs the Parquet thread's waits.
@@ -130,6 +133,8 @@ impl Pipeline {
                 return Drained {
                     complete: false,
                     behind_bytes: 0,
+                    behind_records: 0,
+                    behind_records_exact: false,
                 };
             }
         };
@@ -145,12 +150,16 @@ impl Pipeline {
         }
         // The drivers stop between writes; nothing is acknowledged that is not durable.
         stop.cancel();
+        let (behind_records, behind_records_exact) =
+            super::disk::records_behind(&spool, Duration::from_secs(5)).await;
         let behind_bytes = tokio::task::spawn_blocking(move || spool.shutdown())
             .await
             .unwrap_or(0);
         Drained {
             complete: complete && behind_bytes == 0,
             behind_bytes,
+            behind_records,
+            behind_records_exact,
         }
     }
 }
