@@ -146,6 +146,20 @@ fn a_poison_row_is_rejected_and_the_rows_around_it_land() {
         !out.contains("postgres sink cannot write"),
         "a data error is not an outage:\n{out}"
     );
+    // Only ids, SQLSTATE and the message reach the log: no record values, not the DETAIL
+    // (Postgres' "Failing row contains (...)" lists every value of the row).
+    assert!(
+        !out.contains("/orders/13") && !out.contains("/orders/77"),
+        "{out}"
+    );
+    assert!(!out.contains("Failing row"), "{out}");
+    assert_eq!(
+        pg.count(
+            "poison",
+            "SELECT count(*) FROM audit_rejects WHERE message LIKE '%Failing row%'"
+        ),
+        0
+    );
 
     // verify: clean, with the rejects shown as rejected (not missing).
     let key = public_key(dir.path(), keys.path());

@@ -33,6 +33,21 @@ pub fn is_data_sqlstate(code: &str) -> bool {
     code.starts_with("22") || code.starts_with("23") || code == "54000"
 }
 
+/// Steps whose data errors are not the rows' fault: the batch's digest (a stale chain head
+/// gives a unique violation there, fixed by reading the head again on the retry).
+const NOT_THE_ROWS: &[&str] = &[
+    "inserting the batch digest",
+    "reading the digest chain head",
+];
+
+impl PgError {
+    /// A data error caused by the rows written (the COPY, the INSERT from staging, their
+    /// partitions, the COMMIT), which a retry of the same rows cannot fix.
+    pub fn is_poison(&self) -> bool {
+        matches!(self, PgError::Data { context, .. } if !NOT_THE_ROWS.contains(context))
+    }
+}
+
 /// What a batch did, rejected rows included.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -65,7 +80,7 @@ impl PostgresSink {
                     rejected: 0,
                 })
             }
-            Err(e @ PgError::Data { .. }) => e,
+            Err(e) if e.is_poison() => e,
             Err(e) => return Err(e),
         };
         let mut out = Outcome::default();
@@ -80,7 +95,7 @@ impl PostgresSink {
                         out.add(w);
                         continue;
                     }
-                    Err(e @ PgError::Data { .. }) => e,
+                    Err(e) if e.is_poison() => e,
                     Err(e) => return Err(e),
                 },
             };
@@ -146,7 +161,24 @@ impl PostgresSink {
 
 #[cfg(test)]
 mod tests {
-    use super::is_data_sqlstate;
+    use super::{is_data_sqlstate, PgError};
+
+    #[test]
+    fn a_data_error_of_the_digest_is_not_blamed_on_the_rows() {
+        let data = |context| PgError::Data {
+            context,
+            sqlstate: "23505".into(),
+            reason: "duplicate key".into(),
+        };
+        assert!(data("inserting from staging").is_poison());
+        assert!(data("finishing COPY").is_poison());
+        assert!(!data("inserting the batch digest").is_poison());
+        assert!(!PgError::Query {
+            context: "inserting from staging",
+            reason: "connection reset".into()
+        }
+        .is_poison());
+    }
 
     #[test]
     fn data_errors_are_told_from_availability_errors() {
