@@ -373,6 +373,12 @@ pub struct ServeOptions {
         value_name = "SECS"
     )]
     pub start_time_max_future_secs: Option<u64>,
+
+    /// Write Parquet files to object storage: az://CONTAINER/PREFIX, abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX,
+    /// s3://BUCKET/PREFIX or gs://BUCKET/PREFIX; credentials from the cloud's usual environment
+    /// (docs/storage.md). Without it, Parquet stays in --data-dir.
+    #[arg(long, env = "MESHAUDIT_PARQUET_URL", value_name = "URL")]
+    pub parquet_url: Option<String>,
 }
 
 impl ServeOptions {
@@ -456,6 +462,7 @@ impl ServeOptions {
             start_time_max_future_secs: self
                 .start_time_max_future_secs
                 .or(file.start_time_max_future_secs),
+            parquet_url: self.parquet_url.or(file.parquet_url),
         }
     }
 }
@@ -497,6 +504,8 @@ pub struct ServeConfig {
     pub spool_fsync: FsyncMode,
     /// Connections, deadlines and the start-time window (issue 15).
     pub hardening: Hardening,
+    /// Object storage for Parquet (store::object); None keeps it in `data_dir`.
+    pub parquet_url: Option<String>,
 }
 
 /// Bounds on what a client can make the collector hold or the database do.
@@ -711,6 +720,19 @@ impl ServeConfig {
             spool_segment_bytes: opts.spool_segment_bytes.unwrap_or(64 << 20),
             spool_fsync,
             hardening,
+            parquet_url: match opts.parquet_url.clone() {
+                Some(u) if !crate::store::object::ObjectTarget::is_object_url(&u) => {
+                    return Err(ConfigError::invalid(
+                        "parquet_url",
+                        format!(
+                            "`{}` is not an object storage URL",
+                            u.split('?').next().unwrap_or("")
+                        ),
+                        "use az://, abfss://, s3:// or gs://; for a local directory use --data-dir",
+                    ))
+                }
+                u => u,
+            },
         };
         if cfg.postgres.is_none() {
             if opts.migrate_on_start == Some(true) {

@@ -28,6 +28,7 @@ use crate::join::Joiner;
 use crate::store::digest::files::ParquetChain;
 use crate::store::digest::{DigestError, Signer};
 use crate::store::metrics::SinkId;
+use crate::store::object::ObjectTarget;
 use crate::store::parquet::{ParquetConfig, ParquetError, ParquetSink};
 use crate::store::pipeline;
 use crate::store::postgres::{PgError, PostgresSink};
@@ -46,6 +47,8 @@ pub enum ServeError {
     Postgres(#[from] PgError),
     #[error(transparent)]
     Digest(#[from] DigestError),
+    #[error(transparent)]
+    Object(#[from] crate::store::object::ObjectError),
     #[error("cannot listen on {what} {addr}: {source}. Fix: choose a free port with {flag}")]
     Bind {
         what: &'static str,
@@ -109,10 +112,19 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         )),
         None => None,
     };
+    let object = match &cfg.parquet_url {
+        Some(url) => {
+            let o = ObjectTarget::from_url(url, &cfg.data_dir)?;
+            o.check_writable().await?;
+            info!(parquet_url = %o.shown(), "parquet files go to object storage; the data dir holds them only until the store confirmed each");
+            Some(o)
+        }
+        None => None,
+    };
     let pipeline = pipeline::start(
         spool,
         appender,
-        sink,
+        (sink, object),
         postgres,
         cfg.parquet_row_group_rows,
         Arc::clone(&metrics),
