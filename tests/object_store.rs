@@ -1,8 +1,9 @@
-//! Parquet on object storage (issue 14, `--parquet-url`) against a real S3-compatible server
-//! (moto's server from PyPI, pinned in tests/python/requirements.txt and started here on a free
-//! port): records land as objects in the same Hive layout with their digests, read back by
-//! pyarrow's own S3 filesystem; the store down under load, then back, loses nothing; a bad
-//! bucket is a start-up error naming the setting.
+//! Parquet on object storage (issue 14, `--parquet-url`) against real emulators started here on
+//! free ports: moto's S3 server (PyPI, pinned in tests/python/requirements.txt) and Azurite
+//! (npm, installed by scripts/test into target/azurite). Records land as objects in the same
+//! Hive layout with their digests, read back by pyarrow's own filesystems; the store down under
+//! load, then back, loses nothing; a bad bucket or a wrong key is a start-up error naming the
+//! setting.
 
 mod common;
 
@@ -232,4 +233,147 @@ fn records_land_in_s3_survive_an_outage_and_a_bad_bucket_fails_at_start_up() {
     assert!(out.contains("meshaudit stopped cleanly"), "{out}");
     assert_eq!(local_parquet_files(dir.path()), 0);
     assert!(!out.contains("AWS_SECRET_ACCESS_KEY=test"), "{out}");
+}
+
+/// Azurite's well-known development account key (public, documented by Microsoft).
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Azurite's blob service on `port`, killed on drop.
+struct Azurite {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    fn start() -> Azurite {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/azurite/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing. Fix: scripts/test installs azurite@3.37.0 there (npm install in target/azurite)",
+            bin.display()
+        );
+        let [addr] = free_addrs::<1>();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &addr.port().to_string(),
+            ])
+            .arg("--location")
+            .arg(dir.path())
+            .args(["--skipApiVersionCheck", "--loose", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        wait_for("azurite listening", Duration::from_secs(30), || {
+            TcpStream::connect(addr).is_ok()
+        });
+        Azurite {
+            child,
+            port: addr.port(),
+            _dir: dir,
+        }
+    }
+
+    fn py(&self, code: &str) -> Value {
+        let prelude = format!(
+            "import json, pyarrow.fs as pafs, pyarrow.parquet as pq\n\
+             az = pafs.AzureFileSystem(account_name='devstoreaccount1', account_key='{AZURITE_KEY}', \
+             blob_storage_authority='127.0.0.1:{port}', dfs_storage_authority='127.0.0.1:{port}', \
+             blob_storage_scheme='http', dfs_storage_scheme='http')\n",
+            port = self.port
+        );
+        let out = Command::new(pyenv("python"))
+            .arg("-c")
+            .arg(format!("{prelude}{code}"))
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "python failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn env(&self, key: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+            (
+                "AZURITE_BLOB_STORAGE_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1".into()),
+            ("AZURE_STORAGE_ACCOUNT_KEY", key.into()),
+        ]
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn records_land_in_azure_blob_and_a_wrong_key_fails_at_start_up_without_showing_it() {
+    let az = Azurite::start();
+    az.py("az.create_dir('lake')\nprint('null')");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // A wrong account key (well-formed, not the account's): refused at start-up, named, unshown.
+    let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
+    let env_owned = az.env(wrong);
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bad = serve_fails(dir.path(), "az://lake/audit", &env);
+    assert!(
+        bad.contains("cannot write to --parquet-url az://lake/audit")
+            && bad.contains("AZURE_STORAGE_ACCOUNT_KEY")
+            && !bad.contains(wrong),
+        "{bad}"
+    );
+
+    let env_owned = az.env(AZURITE_KEY);
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = Collector::start_with_env(
+        dir.path(),
+        &[
+            "--parquet-url",
+            "az://lake/audit",
+            "--parquet-max-file-age-secs",
+            "1",
+        ],
+        &env,
+    );
+    send(&c, vec![http_stream(0, 4, 25)]);
+    let count = "sel = pafs.FileSelector('lake/audit', recursive=True)\n\
+                 files = [f.path for f in az.get_file_info(sel) if f.path.endswith('.parquet')]\n\
+                 ids = []\n\
+                 for f in files:\n    ids += pq.read_table(f, filesystem=az).column('record_id').to_pylist()\n\
+                 print(json.dumps({'ids': len(set(ids)), 'files': files}))";
+    wait_for("100 records in Azure Blob", Duration::from_secs(30), || {
+        az.py(count)["ids"] == 100
+    });
+    let got = az.py(count);
+    assert!(
+        got["files"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(Value::as_str)
+            .all(|f| f.starts_with("lake/audit/dt=") && f.contains("/hour=")),
+        "{got}"
+    );
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+    assert!(!out.contains(AZURITE_KEY), "{out}");
+    assert_eq!(local_parquet_files(dir.path()), 0);
 }
