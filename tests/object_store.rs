@@ -377,3 +377,46 @@ fn records_land_in_azure_blob_and_a_wrong_key_fails_at_start_up_without_showing_
     assert!(!out.contains(AZURITE_KEY), "{out}");
     assert_eq!(local_parquet_files(dir.path()), 0);
 }
+
+#[test]
+fn kill_9_with_files_waiting_for_the_store_then_restart_uploads_every_record() {
+    let [addr] = free_addrs::<1>();
+    let moto = Moto::start(addr.port());
+    moto.create_bucket("lake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env_owned = env(&moto);
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "--parquet-url",
+        "s3://lake/audit",
+        "--parquet-max-file-age-secs",
+        "1",
+    ];
+    let c = Collector::start_with_env(dir.path(), &args, &env);
+    // The store goes away; finished files wait in the data dir, their records in the spool.
+    drop(moto);
+    send(&c, vec![http_stream(0, 4, 25)]);
+    wait_for(
+        "a finished file waiting locally",
+        Duration::from_secs(30),
+        || local_parquet_files(dir.path()) >= 1,
+    );
+    assert!(c.metric("meshaudit_sink_lag_bytes{sink=\"parquet\"}") > 0);
+    c.kill9();
+
+    // Back, and a new start: the waiting file is uploaded and the spool replays (at least once).
+    let moto = Moto::start(addr.port());
+    moto.create_bucket("lake");
+    let c = Collector::start_with_env(dir.path(), &args, &env);
+    wait_for("all 100 records in S3", Duration::from_secs(60), || {
+        moto.contents("lake")["ids"] == 100
+    });
+    wait_for("nothing left locally", Duration::from_secs(30), || {
+        local_parquet_files(dir.path()) == 0
+    });
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+    // Every object is a whole Parquet file (pyarrow read each one above); none is in progress.
+    let got = moto.contents("lake");
+    assert!(got["rows"].as_u64().unwrap_or(0) >= 100, "{got}");
+}
