@@ -381,6 +381,11 @@ pub struct ServeOptions {
     /// as the ALS listener [default: 0.0.0.0:4317].
     #[arg(long, env = "MESHAUDIT_OTLP_ADDR", value_name = "HOST:PORT|off")]
     pub otlp_addr: Option<String>,
+    /// Write Parquet files to object storage: az://CONTAINER/PREFIX, abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX,
+    /// s3://BUCKET/PREFIX or gs://BUCKET/PREFIX; credentials from the cloud's usual environment
+    /// (docs/storage.md). Without it, Parquet stays in --data-dir.
+    #[arg(long, env = "MESHAUDIT_PARQUET_URL", value_name = "URL")]
+    pub parquet_url: Option<String>,
 }
 
 impl ServeOptions {
@@ -465,6 +470,7 @@ impl ServeOptions {
                 .start_time_max_future_secs
                 .or(file.start_time_max_future_secs),
             otlp_addr: self.otlp_addr.or(file.otlp_addr),
+            parquet_url: self.parquet_url.or(file.parquet_url),
         }
     }
 }
@@ -508,6 +514,8 @@ pub struct ServeConfig {
     pub hardening: Hardening,
     /// The OTLP logs listener; `None` = off.
     pub otlp_addr: Option<SocketAddr>,
+    /// Object storage for Parquet (store::object); None keeps it in `data_dir`.
+    pub parquet_url: Option<String>,
 }
 
 /// Bounds on what a client can make the collector hold or the database do.
@@ -738,6 +746,19 @@ impl ServeConfig {
             spool_fsync,
             hardening,
             otlp_addr: resolve_otlp_addr(opts.otlp_addr.as_deref())?,
+            parquet_url: match opts.parquet_url.clone() {
+                Some(u) if !crate::store::object::ObjectTarget::is_object_url(&u) => {
+                    return Err(ConfigError::invalid(
+                        "parquet_url",
+                        format!(
+                            "`{}` is not an object storage URL",
+                            u.split('?').next().unwrap_or("")
+                        ),
+                        "use az://, abfss://, s3:// or gs://; for a local directory use --data-dir",
+                    ))
+                }
+                u => u,
+            },
         };
         if cfg.postgres.is_none() {
             if opts.migrate_on_start == Some(true) {

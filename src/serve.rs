@@ -29,6 +29,7 @@ use crate::join::Joiner;
 use crate::store::digest::files::ParquetChain;
 use crate::store::digest::{DigestError, Signer};
 use crate::store::metrics::SinkId;
+use crate::store::object::ObjectTarget;
 use crate::store::parquet::{ParquetConfig, ParquetError, ParquetSink};
 use crate::store::pipeline;
 use crate::store::postgres::{PgError, PostgresSink};
@@ -47,6 +48,8 @@ pub enum ServeError {
     Postgres(#[from] PgError),
     #[error(transparent)]
     Digest(#[from] DigestError),
+    #[error(transparent)]
+    Object(#[from] crate::store::object::ObjectError),
     #[error("cannot listen on {what} {addr}: {source}. Fix: choose a free port with {flag}")]
     Bind {
         what: &'static str,
@@ -97,6 +100,8 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         Arc::clone(&metrics.store),
         tokio::runtime::Handle::current(),
     )?;
+    // The spool dir exists now (Spool::open creates it).
+    crate::store::disk::warn_if_bound_exceeds_free_space(&cfg.spool_dir, cfg.spool_max_bytes);
     // Tamper evidence (docs/tamper-evidence.md): one signed digest chain per sink. The instance
     // id lives in the spool directory, which this process now holds the lock of.
     let signer = Signer::start(&cfg.signing_key, &cfg.spool_dir)?;
@@ -108,10 +113,19 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
         )),
         None => None,
     };
+    let object = match &cfg.parquet_url {
+        Some(url) => {
+            let o = ObjectTarget::from_url(url, &cfg.data_dir)?;
+            o.check_writable().await?;
+            info!(parquet_url = %o.shown(), "parquet files go to object storage; the data dir holds them only until the store confirmed each");
+            Some(o)
+        }
+        None => None,
+    };
     let pipeline = pipeline::start(
         spool,
         appender,
-        sink,
+        (sink, object),
         postgres,
         cfg.parquet_row_group_rows,
         Arc::clone(&metrics),
@@ -310,10 +324,22 @@ pub async fn run(cfg: ServeConfig) -> Result<(), ServeError> {
     }
     let _ = admin_task.await;
     otel.shutdown();
-    info!(
-        records = metrics.parquet_records_written.load(Ordering::Relaxed),
-        "meshaudit stopped cleanly"
-    );
+    if drained.behind_bytes > 0 {
+        warn!(
+            records_in_spool = drained.behind_records,
+            counted_all = drained.behind_records_exact,
+            bytes_in_spool = drained.behind_bytes,
+            parquet_records_written = metrics.parquet_records_written.load(Ordering::Relaxed),
+            "meshaudit stopped with {}{} records in the spool that a sink has not taken; they will be delivered at the next start (keep the spool directory)",
+            if drained.behind_records_exact { "" } else { "at least " },
+            drained.behind_records,
+        );
+    } else {
+        info!(
+            records = metrics.parquet_records_written.load(Ordering::Relaxed),
+            "meshaudit stopped cleanly"
+        );
+    }
     Ok(())
 }
 

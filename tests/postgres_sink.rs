@@ -308,7 +308,7 @@ fn schema_matches_the_contract_and_partitions_are_managed() {
     let pg = PgCluster::start();
     let url = pg.create_db("schema");
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
-    assert!(ok && out.contains("schema created (version 3)"), "{out}");
+    assert!(ok && out.contains("schema created (version 4)"), "{out}");
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
     assert!(ok && out.contains("up to date"), "{out}");
 
@@ -445,6 +445,12 @@ fn start_up_errors_say_what_to_fix_and_never_show_the_password() {
         "{out}"
     );
     pg.psql("errs", "GRANT INSERT, SELECT ON audit_digests TO writer");
+    let out = serve_fails(dir.path(), &writer);
+    assert!(
+        out.contains("GRANT INSERT ON audit_rejects TO writer"),
+        "{out}"
+    );
+    pg.psql("errs", "GRANT INSERT ON audit_rejects TO writer");
     // With these grants, the writer role can run the collector (and create partitions).
     let c = Collector::start(dir.path(), &["--database-url", &writer]);
     let (status, out) = c.stop();
@@ -458,7 +464,7 @@ fn start_up_errors_say_what_to_fix_and_never_show_the_password() {
     );
     let out = serve_fails(dir.path(), &url);
     assert!(
-        out.contains("schema version 999") && out.contains("knows only up to 3"),
+        out.contains("schema version 999") && out.contains("knows only up to 4"),
         "{out}"
     );
     let (ok, out) = meshaudit(&["migrate", "--database-url", &url]);
@@ -498,6 +504,12 @@ fn sigterm_with_postgres_down_exits_zero_and_delivers_at_the_next_start() {
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
     assert!(out.contains("delivered at the next start"), "{out}");
+    // The last line says how many records wait in the spool, not "stopped cleanly".
+    assert!(
+        out.contains("meshaudit stopped with 50 records in the spool that a sink has not taken; they will be delivered at the next start"),
+        "{out}"
+    );
+    assert!(!out.contains("stopped cleanly"), "{out}");
     // Parquet drained everything.
     assert_eq!(ids_of(&read_rows(dir.path())).len(), 100);
 

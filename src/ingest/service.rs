@@ -28,6 +28,7 @@ use super::wire::stream_access_logs_message::LogEntries;
 use super::wire::StreamAccessLogsMessage;
 use crate::join::{Joiner, StreamContext};
 use crate::record::id::EntryType;
+use crate::store::spool::AppendError;
 use crate::telemetry::{Metrics, Rejection};
 
 pub const SERVICE_NAME: &str = "envoy.service.accesslog.v3.AccessLogService";
@@ -162,10 +163,15 @@ impl StreamHandler {
                 }
             }
             let n = batch.len() as u64;
-            if self.out.send(batch).await.is_err() {
-                return Err(Status::unavailable(
-                    "meshaudit is shutting down; reconnect to another replica",
-                ));
+            if let Err(e) = self.out.send(batch).await {
+                return Err(Status::unavailable(match e {
+                    AppendError::Closed => {
+                        "meshaudit is shutting down; reconnect to another replica".to_owned()
+                    }
+                    e => {
+                        format!("meshaudit cannot store records: {e}; reconnect to another replica")
+                    }
+                }));
             }
             self.metrics.messages_received.fetch_add(1, Relaxed);
             self.metrics.entries_received.fetch_add(n, Relaxed);

@@ -63,6 +63,11 @@ pub struct StoreMetrics {
     pub spool_full: AtomicU64,
     /// 1 once an fsync failed: the spool refuses every batch until a restart.
     pub spool_failed: AtomicU64,
+    /// 1 while spool appends fail (a full disk, any I/O error): batches are refused and
+    /// `/readyz` says why, until an append (or the writer's probe) succeeds again.
+    pub spool_append_failing: AtomicU64,
+    /// The error of the last failed append, while `spool_append_failing` is 1.
+    pub spool_append_error: std::sync::Mutex<Option<String>>,
     /// Times ingest had to wait because the spool was full.
     pub spool_full_waits: AtomicU64,
     pub spool_records_appended: AtomicU64,
@@ -78,6 +83,8 @@ pub struct StoreMetrics {
     pub postgres_rows_inserted: AtomicU64,
     /// Rows COPYed that were already present (replays, client re-sends).
     pub postgres_rows_duplicate: AtomicU64,
+    /// Rows Postgres refused for a data reason, kept in `audit_rejects` (postgres/reject.rs).
+    pub postgres_rows_rejected: AtomicU64,
     sinks: [SinkMetrics; 2],
 }
 
@@ -88,20 +95,46 @@ impl StoreMetrics {
 
     /// Why the store cannot take records now, if it cannot: what `/readyz` reports. `sinks`
     /// are the sinks configured (a sink that is not configured has no driver).
-    pub fn unavailable(&self, sinks: &[SinkId]) -> Option<&'static str> {
+    pub fn unavailable(&self, sinks: &[SinkId]) -> Option<String> {
         if self.spool_failed.load(Relaxed) != 0 {
-            return Some("spool fsync failed; restart the collector");
+            return Some("spool fsync failed; restart the collector".into());
+        }
+        if self.spool_append_failing.load(Relaxed) != 0 {
+            let why = self
+                .spool_append_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_else(|| "I/O error".into());
+            return Some(format!(
+                "spool cannot append: {why}; batches are refused until the disk takes writes again"
+            ));
         }
         if self.spool_full.load(Relaxed) != 0 {
-            return Some("spool full; a sink is behind");
+            return Some("spool full; a sink is behind".into());
         }
         if sinks
             .iter()
             .any(|s| self.sink(*s).driver_exited.load(Relaxed) != 0)
         {
-            return Some("a sink driver stopped");
+            return Some("a sink driver stopped".into());
         }
         None
+    }
+
+    /// A spool append failed with `error`: refuse and report until [`Self::append_ok`].
+    /// Returns true when this starts a failing period (log it then, not on every batch).
+    pub fn append_failed(&self, error: &std::io::Error) -> bool {
+        if let Ok(mut e) = self.spool_append_error.lock() {
+            *e = Some(error.to_string());
+        }
+        self.spool_append_failing.swap(1, Relaxed) == 0
+    }
+
+    /// Appends work again. Returns true when this ends a failing period.
+    pub fn append_ok(&self) -> bool {
+        self.spool_append_failing.load(Relaxed) != 0
+            && self.spool_append_failing.swap(0, Relaxed) != 0
     }
 
     /// Every series of the store, once: `/metrics` and OTLP export both read this list.
@@ -132,6 +165,12 @@ impl StoreMetrics {
                 Kind::Gauge,
                 "1 after a failed spool fsync: every batch is refused until a restart",
                 g(&self.spool_failed),
+            ),
+            one(
+                "spool_append_failing",
+                Kind::Gauge,
+                "1 while spool appends fail (disk full, I/O error) and batches are refused",
+                g(&self.spool_append_failing),
             ),
             one(
                 "spool_full_waits",
@@ -186,6 +225,12 @@ impl StoreMetrics {
                 Kind::Counter,
                 "rows already present in audit_records (replays, re-sends)",
                 g(&self.postgres_rows_duplicate),
+            ),
+            one(
+                "postgres_rows_rejected",
+                Kind::Counter,
+                "rows postgres refused for a data reason, kept in audit_rejects",
+                g(&self.postgres_rows_rejected),
             ),
         ];
         type PerSink = (

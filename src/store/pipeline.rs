@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::metrics::SinkId;
+use super::object::ObjectTarget;
 use super::parquet::{ParquetError, ParquetSink};
 use super::postgres::PostgresSink;
 use super::spool::{Appender, Next, SinkReader, Spool};
@@ -53,13 +54,16 @@ pub struct Drained {
     pub complete: bool,
     /// Spooled bytes the slowest sink has yet to take (delivered at the next start).
     pub behind_bytes: u64,
+    /// Records in those bytes (`store::disk::records_behind`); a lower bound when not `exact`.
+    pub behind_records: u64,
+    pub behind_records_exact: bool,
 }
 
 /// Starts one driver per sink. `rt` runs the Parquet thread's waits.
 pub fn start(
     spool: Spool,
     appender: Appender,
-    parquet: ParquetSink,
+    (parquet, object): (ParquetSink, Option<ObjectTarget>),
     postgres: Option<(PostgresSink, usize)>,
     row_group_rows: usize,
     metrics: Arc<Metrics>,
@@ -77,7 +81,15 @@ pub fn start(
             .name("meshaudit-parquet".into())
             .spawn(move || {
                 let _exited = ExitFlag(&metrics.store.sink(SinkId::Parquet).driver_exited);
-                run_parquet(parquet, reader, row_group_rows, &metrics, &stop, &rt);
+                run_parquet(
+                    parquet,
+                    reader,
+                    row_group_rows,
+                    &metrics,
+                    &stop,
+                    &rt,
+                    object,
+                );
                 let _ = done_tx.send(());
             })?;
     }
@@ -130,6 +142,8 @@ impl Pipeline {
                 return Drained {
                     complete: false,
                     behind_bytes: 0,
+                    behind_records: 0,
+                    behind_records_exact: false,
                 };
             }
         };
@@ -145,12 +159,16 @@ impl Pipeline {
         }
         // The drivers stop between writes; nothing is acknowledged that is not durable.
         stop.cancel();
+        let (behind_records, behind_records_exact) =
+            super::disk::records_behind(&spool, Duration::from_secs(5)).await;
         let behind_bytes = tokio::task::spawn_blocking(move || spool.shutdown())
             .await
             .unwrap_or(0);
         Drained {
             complete: complete && behind_bytes == 0,
             behind_bytes,
+            behind_records,
+            behind_records_exact,
         }
     }
 }
@@ -162,7 +180,10 @@ fn run_parquet(
     metrics: &Metrics,
     stop: &CancellationToken,
     rt: &Handle,
+    mut object: Option<ObjectTarget>,
 ) {
+    // With object storage: the durable position of the last sync that uploaded everything.
+    let mut synced: Option<u64> = None;
     // Nothing pushed yet: durable up to where this sink's cursor already is.
     sink.reset(reader.acked());
     let mut next_tick = Instant::now() + TICK;
@@ -201,7 +222,29 @@ fn run_parquet(
         });
         match step {
             Ok(closed) => {
-                reader.ack(sink.durable_lsn());
+                let durable = sink.durable_lsn();
+                // Object storage: acknowledge only what the store has confirmed.
+                if let Some(o) = object.as_mut().filter(|_| synced != Some(durable)) {
+                    if let Err(e) = o.sync(rt) {
+                        metrics
+                            .store
+                            .sink(SinkId::Parquet)
+                            .retries
+                            .fetch_add(1, Relaxed);
+                        error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "parquet upload failed; the records stay in the spool and finished files wait in the data dir until the store takes them");
+                        let pause = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        rt.block_on(async {
+                            tokio::select! {
+                                () = stop.cancelled() => {}
+                                () = tokio::time::sleep(pause) => {}
+                            }
+                        });
+                        continue;
+                    }
+                    synced = Some(durable);
+                }
+                reader.ack(durable);
                 backoff = BACKOFF;
                 if closed {
                     info!("parquet sink drained");
@@ -267,7 +310,7 @@ async fn run_postgres(
             let written = tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                w = sink.write_frames(&batch.frames) => w,
+                w = sink.write_or_reject(&batch.frames) => w,
             };
             match written {
                 Ok(_) => {
@@ -355,7 +398,7 @@ mod tests {
         let p = start(
             spool,
             appender,
-            sink,
+            (sink, None),
             None,
             16,
             Arc::clone(&metrics),

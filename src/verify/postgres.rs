@@ -116,6 +116,7 @@ pub async fn verify(
     report.chains.extend(chains);
 
     let mut found = read_rows(&mut conn).await?;
+    summary.rejected_records = Some(rejected_count(&mut conn).await?);
     let _ = conn.close().await;
     summary.records = found.len() as u64;
     expected.sort_unstable_by(|a, b| a.record_id.cmp(&b.record_id));
@@ -325,4 +326,17 @@ fn compare(
         }
     }
     expired
+}
+
+/// Rows the collector kept in `audit_rejects` because Postgres refused them for a data reason
+/// (store::postgres::reject): refused, not missing. 0 for a schema older than version 4.
+async fn rejected_count(conn: &mut sqlx::PgConnection) -> Result<u64, VerifyError> {
+    let n: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN to_regclass('audit_rejects') IS NULL THEN 0 \
+         ELSE (SELECT count(*) FROM audit_rejects) END",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| classify(e, "counting audit_rejects"))?;
+    Ok(n.unwrap_or(0).max(0) as u64)
 }

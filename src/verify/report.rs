@@ -158,6 +158,10 @@ pub struct SinkSummary {
     /// Postgres: rows a signed retention digest says were dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expired_records: Option<u64>,
+    /// Postgres: records the database refused for a data reason, kept in `audit_rejects`
+    /// (rejected, not missing; docs/storage.md "Poison rows").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_records: Option<u64>,
 }
 
 /// The outcome, and `meshaudit verify`'s exit status (docs/tamper-evidence.md).
@@ -287,6 +291,12 @@ impl Report {
             let mut s = format!("postgres: {} rows, {} digests", p.records, p.digests);
             if let Some(n) = p.expired_records.filter(|n| *n > 0) {
                 let _ = write!(s, ", {n} rows dropped by retention");
+            }
+            if let Some(n) = p.rejected_records.filter(|n| *n > 0) {
+                let _ = write!(
+                    s,
+                    ", {n} records rejected by the database (kept in audit_rejects, not missing)"
+                );
             }
             parts.push(s);
         }

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod copy;
+pub mod reject;
 pub mod schema;
 pub mod url;
 
@@ -69,6 +70,14 @@ pub enum PgError {
     ServerTooOld { version: i64 },
     #[error("migrating the database failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// The database refused the data (SQLSTATE class 22, 23 or 54000), not the connection:
+    /// retrying the same rows cannot succeed (see [`reject`]).
+    #[error("Postgres refused the data while {context} (SQLSTATE {sqlstate}): {reason}")]
+    Data {
+        context: &'static str,
+        sqlstate: String,
+        reason: String,
+    },
     #[error("Postgres error while {context}: {reason}")]
     Query {
         context: &'static str,
@@ -86,6 +95,13 @@ pub(crate) fn classify(e: sqlx::Error, context: &'static str) -> PgError {
     if let sqlx::Error::Database(db) = &e {
         if db.code().as_deref() == Some("42501") {
             return PgError::Denied { context, reason };
+        }
+        if let Some(sqlstate) = db.code().filter(|c| reject::is_data_sqlstate(c)) {
+            return PgError::Data {
+                context,
+                sqlstate: sqlstate.into_owned(),
+                reason: url::redact(db.message()),
+            };
         }
     }
     PgError::Query { context, reason }
@@ -351,7 +367,7 @@ impl PostgresSink {
             })
             .await;
         if let Err(e) = &result {
-            self.drop_connection_on(e);
+            self.after_failure(e);
         }
         result
     }
@@ -370,9 +386,22 @@ impl PostgresSink {
             })
             .await;
         if let Err(e) = &result {
-            self.drop_connection_on(e);
+            self.after_failure(e);
         }
         result
+    }
+
+    fn after_failure(&mut self, e: &PgError) {
+        match e {
+            // The transaction was rolled back and the connection is sound; only the digest
+            // chain's head must be read again (reject.rs splits the batch on this connection).
+            PgError::Data { .. } => {
+                if let Some(d) = &mut self.digests {
+                    d.invalidate();
+                }
+            }
+            e => self.drop_connection_on(e),
+        }
     }
 
     fn drop_connection_on(&mut self, e: &PgError) {

@@ -30,10 +30,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "start_time_reported",
         include_str!("../../../migrations/0003_start_time_reported.sql"),
     ),
+    (
+        4,
+        "audit_rejects",
+        include_str!("../../../migrations/0004_audit_rejects.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The oldest server that has everything the schema uses (UNIQUE NULLS NOT DISTINCT).
 const MIN_SERVER_VERSION: i64 = 150000;
@@ -140,7 +145,8 @@ pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
                 has_database_privilege(current_database(), 'TEMPORARY'), \
                 has_function_privilege('meshaudit_ensure_partition(date)', 'EXECUTE'), \
                 has_table_privilege('audit_digests', 'INSERT'), \
-                has_table_privilege('audit_digests', 'SELECT')",
+                has_table_privilege('audit_digests', 'SELECT'), \
+                to_regclass('audit_rejects') IS NULL OR has_table_privilege('audit_rejects', 'INSERT')",
     )
     .fetch_one(&mut *conn)
     .await
@@ -170,6 +176,11 @@ pub async fn check_writable(conn: &mut PgConnection) -> Result<(), PgError> {
             row.get::<bool, _>(4) && row.get::<bool, _>(5),
             "INSERT and SELECT on table audit_digests (each batch's signed digest, chained to this collector's previous one)",
             "GRANT INSERT, SELECT ON audit_digests TO",
+        ),
+        (
+            row.get::<bool, _>(6),
+            "INSERT on table audit_rejects (records the database refused for a data reason)",
+            "GRANT INSERT ON audit_rejects TO",
         ),
     ];
     for (ok, what, grant) in checks {

@@ -84,6 +84,9 @@ pub enum AppendError {
     Closed,
     #[error("the spool cannot write to disk; see the collector's error log")]
     Failed,
+    /// An append failed (a full disk, any I/O error); later batches are tried again.
+    #[error("the spool cannot append to disk: {0}")]
+    Disk(String),
 }
 
 /// When an accepted batch is on stable storage.

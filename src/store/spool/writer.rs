@@ -39,6 +39,8 @@ struct Writer {
     rx: mpsc::Receiver<Request>,
     close: Arc<Notify>,
     rt: Handle,
+    /// Bytes of the last group an append failed for: what the probe tries to write.
+    probe_bytes: usize,
     full_since: Option<Instant>,
     last_full_log: Instant,
     last_maintain: Instant,
@@ -64,6 +66,7 @@ pub(super) fn start(
         rx,
         close,
         rt,
+        probe_bytes: 0,
         full_since: None,
         last_full_log: Instant::now(),
         last_maintain: Instant::now(),
@@ -92,7 +95,10 @@ impl Writer {
             let wait = self.idle_wait();
             match self.recv(wait) {
                 Got::Request(first) => self.commit_group(first),
-                Got::Timeout => self.sync_if_due(),
+                Got::Timeout => {
+                    self.sync_if_due();
+                    self.probe_if_failing();
+                }
                 Got::Closed => break,
             }
         }
@@ -214,7 +220,11 @@ impl Writer {
             if let Err(e) = self.rotate() {
                 error!(error = %e, "cannot start a new spool segment");
                 self.shared.metrics.spool_write_errors.fetch_add(1, Relaxed);
-                return reply(group, Err(AppendError::Failed));
+                if self.failed {
+                    return reply(group, Err(AppendError::Failed));
+                }
+                self.probe_bytes = bytes;
+                return self.refuse(group, &std::io::Error::other(e.to_string()));
             }
         }
         let mut buf = Vec::with_capacity(bytes);
@@ -223,9 +233,9 @@ impl Writer {
         }
         if let Err(e) = self.file.write_all(&buf) {
             self.shared.metrics.spool_write_errors.fetch_add(1, Relaxed);
-            error!(error = %e, "spool append failed (disk full?); the batches are refused");
             self.roll_back();
-            return reply(group, Err(AppendError::Failed));
+            self.probe_bytes = buf.len();
+            return self.refuse(group, &e);
         }
         self.dirty = true;
         let always = self.shared.cfg.fsync == FsyncMode::Always;
@@ -236,6 +246,38 @@ impl Writer {
             }
         }
         self.publish(group);
+    }
+
+    /// Refuses `group` because an append failed with `e`. `/readyz` reports the error until an
+    /// append or [`Self::probe_if_failing`] works again; logged once per failing period.
+    fn refuse(&mut self, group: Vec<Request>, e: &std::io::Error) {
+        if self.shared.metrics.append_failed(e) {
+            error!(error = %e, spool_dir = %self.shared.cfg.dir.display(), "spool append failed; batches are refused and /readyz is not ready until the disk takes writes again (free space on the spool's volume)");
+        }
+        reply(group, Err(AppendError::Disk(e.to_string())));
+    }
+
+    /// While appends fail, writes as many bytes as the failed group had at the segment's end
+    /// and cuts them off again: when that works, there is room, and the collector becomes
+    /// ready without waiting for a batch (a load balancer sends none to an unready replica).
+    fn probe_if_failing(&mut self) {
+        if self.failed || self.shared.metrics.spool_append_failing.load(Relaxed) == 0 {
+            return;
+        }
+        let zeros = vec![0u8; self.probe_bytes.max(4096)];
+        let wrote = self.file.write_all(&zeros);
+        self.roll_back();
+        match wrote {
+            Ok(()) if !self.failed => {
+                if self.shared.metrics.append_ok() {
+                    info!("spool appends work again (probe); batches are accepted and /readyz is ready");
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.shared.metrics.append_failed(&e);
+            }
+        }
     }
 
     /// Cuts a partly written group off the segment so the next append starts on a frame
@@ -326,7 +368,9 @@ impl Writer {
                 }
             }
         }
-
+        if self.shared.metrics.append_ok() {
+            info!("spool appends work again; batches are accepted and /readyz is ready");
+        }
         let end = self.end;
         self.shared
             .published

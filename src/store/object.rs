@@ -1,0 +1,258 @@
+//! Parquet on object storage (`--parquet-url`, issue 14): Azure Blob / ADLS Gen2 (`az://`,
+//! `abfs[s]://`), S3 and S3-compatible stores (`s3://`), Google Cloud Storage (`gs://`), through
+//! the Apache Arrow `object_store` crate.
+//!
+//! The Parquet sink still writes, fsyncs and renames each file in the local data dir (the
+//! staging area); [`ObjectTarget::sync`] then uploads every finished data file under the same
+//! relative name (same Hive layout, same file names) with one PUT (an object is visible only
+//! once complete), deletes the local copy after the store confirmed it, and uploads the digest
+//! files (kept locally too: the chain continues from them). The pipeline acknowledges the spool
+//! only up to what was durable *before* a sync that uploaded everything, so a store outage keeps
+//! records in the spool, and a crash before an upload leaves a local file that the next start
+//! uploads (its records are also written again from the spool: at least once, as for Parquet).
+//!
+//! Credentials come from each cloud's usual environment, through the builders' `from_env`
+//! (Azure: `AZURE_STORAGE_ACCOUNT_NAME` + key / SAS / client secret / federated token file
+//! (workload identity) / managed identity; AWS: `AWS_*` incl. web identity (IRSA); GCS:
+//! `GOOGLE_SERVICE_ACCOUNT` / application credentials). Nothing of them is logged: errors show
+//! the URL without its query and userinfo.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use thiserror::Error;
+use tokio::runtime::Handle;
+use tracing::info;
+
+use super::layout;
+
+#[derive(Debug, Error)]
+pub enum ObjectError {
+    #[error("invalid --parquet-url (MESHAUDIT_PARQUET_URL, parquet_url) {url}: {reason}. Fix: use az://CONTAINER/PREFIX, abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot write to --parquet-url {url}: {reason}. Fix: check the store's credentials in the environment ({creds}) and that they may write (PUT) objects under the prefix")]
+    NotWritable {
+        url: String,
+        creds: &'static str,
+        reason: String,
+    },
+    #[error("uploading {rel} to {url} failed: {reason}")]
+    Upload {
+        rel: String,
+        url: String,
+        reason: String,
+    },
+    #[error("reading {path} for upload: {source}")]
+    Local {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where finished Parquet files go.
+pub struct ObjectTarget {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    /// The URL without query or userinfo (a SAS token or key never shows).
+    shown: String,
+    creds: &'static str,
+    /// The local data dir the Parquet sink finishes files in.
+    staging: PathBuf,
+    /// Digest files uploaded, with the (length, mtime) uploaded.
+    digests: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+}
+
+/// Error text of the store client without URL queries (a SAS token travels in one).
+fn redact(text: &str) -> String {
+    text.split(' ')
+        .map(|w| match (w.contains("://"), w.find('?')) {
+            (true, Some(i)) => format!("{}?[redacted]", &w[..i]),
+            _ => w.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The URL as it may be shown: scheme, host and path only.
+fn shown(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+impl ObjectTarget {
+    /// True for a URL this module handles (a plain path stays local).
+    pub fn is_object_url(s: &str) -> bool {
+        [
+            "az://", "abfs://", "abfss://", "s3://", "s3a://", "gs://", "azure://", "adl://",
+        ]
+        .iter()
+        .any(|p| s.starts_with(p))
+    }
+
+    /// Builds the client from the URL and the environment's credentials.
+    pub fn from_url(raw: &str, staging: &Path) -> Result<ObjectTarget, ObjectError> {
+        let bare = raw.split(['?', '#']).next().unwrap_or("").to_owned();
+        let bad = |reason: String| ObjectError::BadUrl {
+            url: bare.clone(),
+            reason: redact(&reason.replace(raw, &bare)),
+        };
+        // reqwest is built without a TLS provider of its own: the process uses rustls on ring
+        // (as for Postgres and the JWKS client). Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
+        let (scheme, path) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
+        let prefix = ObjPath::parse(path).map_err(|e| bad(e.to_string()))?;
+        let (store, creds): (Arc<dyn ObjectStore>, &'static str) = match scheme {
+            ObjectStoreScheme::AmazonS3 => (
+                Arc::new(
+                    object_store::aws::AmazonS3Builder::from_env()
+                        .with_url(raw)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                ),
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), AWS_REGION, AWS_ENDPOINT for S3-compatible stores",
+            ),
+            ObjectStoreScheme::MicrosoftAzure => (
+                Arc::new(
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_url(raw)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                ),
+                "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY, AZURE_CLIENT_ID + AZURE_FEDERATED_TOKEN_FILE (workload identity), or a managed identity",
+            ),
+            ObjectStoreScheme::GoogleCloudStorage => (
+                Arc::new(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_url(raw)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                ),
+                "GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS",
+            ),
+            other => return Err(bad(format!("{other:?} is not an object store this collector writes to"))),
+        };
+        Ok(ObjectTarget {
+            store,
+            prefix,
+            shown: shown(&url),
+            creds,
+            staging: staging.to_path_buf(),
+            digests: HashMap::new(),
+        })
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn location(&self, rel: &str) -> ObjPath {
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.clone().join(part))
+    }
+
+    /// Start-up check: a PUT of a small object under `_meshaudit/`, so wrong credentials or a
+    /// missing container fail now, naming the setting (PUT alone: write-only roles pass).
+    pub async fn check_writable(&self) -> Result<(), ObjectError> {
+        let loc = self.location("_meshaudit/write-check");
+        self.store
+            .put(&loc, PutPayload::from_static(b"meshaudit write check\n"))
+            .await
+            .map(|_| ())
+            .map_err(|e| ObjectError::NotWritable {
+                url: self.shown.clone(),
+                creds: self.creds,
+                reason: redact(&e.to_string()),
+            })
+    }
+
+    /// Uploads every finished data file under `data_dir` (then deletes it locally) and every
+    /// new or changed digest file. Returns the number of data files uploaded. An error leaves
+    /// what was not uploaded for the next call.
+    pub fn sync(&mut self, rt: &Handle) -> Result<usize, ObjectError> {
+        let data_dir = self.staging.clone();
+        let data_dir = data_dir.as_path();
+        let inv = layout::scan(data_dir).map_err(|source| ObjectError::Local {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let mut uploaded = 0;
+        for chain in &inv.chains {
+            for (_, path) in &chain.digests {
+                let meta = std::fs::metadata(path).map_err(|source| ObjectError::Local {
+                    path: path.clone(),
+                    source,
+                })?;
+                let stamp = (meta.len(), meta.modified().ok());
+                if self.digests.get(path) == Some(&stamp) {
+                    continue;
+                }
+                self.put(data_dir, path, rt)?;
+                self.digests.insert(path.clone(), stamp);
+            }
+        }
+        for f in inv.data_files() {
+            self.put(data_dir, &f.path, rt)?;
+            std::fs::remove_file(&f.path).map_err(|source| ObjectError::Local {
+                path: f.path.clone(),
+                source,
+            })?;
+            uploaded += 1;
+            info!(object = %format!("{}/{}", self.shown.trim_end_matches('/'), f.rel), "parquet file uploaded");
+        }
+        Ok(uploaded)
+    }
+
+    fn put(&self, data_dir: &Path, path: &Path, rt: &Handle) -> Result<(), ObjectError> {
+        let rel = layout::relative(data_dir, path);
+        let bytes = std::fs::read(path).map_err(|source| ObjectError::Local {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let loc = self.location(&rel);
+        rt.block_on(self.store.put(&loc, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| ObjectError::Upload {
+                rel,
+                url: self.shown.clone(),
+                reason: redact(&e.to_string()),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_errors_never_show_a_sas_token_or_key() {
+        let u = url::Url::parse("az://c/prefix?sv=2024&sig=SECRETSIG").expect("url");
+        assert_eq!(shown(&u), "az://c/prefix");
+        let e = redact("Error performing PUT http://127.0.0.1:1/acct/c/x?sv=1&sig=SECRETSIG in 1s");
+        assert!(
+            !e.contains("SECRETSIG") && e.contains("PUT http://127.0.0.1:1/acct/c/x?[redacted]"),
+            "{e}"
+        );
+        let bad = ObjectTarget::from_url("ftp://host/x?sig=SECRETSIG", Path::new("/tmp"))
+            .err()
+            .expect("ftp is refused");
+        let text = bad.to_string();
+        assert!(
+            text.contains("--parquet-url") && !text.contains("SECRETSIG"),
+            "{text}"
+        );
+        assert!(ObjectTarget::is_object_url(
+            "abfss://c@a.dfs.core.windows.net/p"
+        ));
+        assert!(!ObjectTarget::is_object_url("/var/lib/meshaudit"));
+    }
+}
