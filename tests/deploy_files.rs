@@ -1974,3 +1974,158 @@ fn directory_sync_cronjob_runs_a_real_command_on_the_volume_the_collector_reads(
     assert!(strings(pvc.doc["spec"].get("accessModes")).contains(&"ReadWriteMany".to_owned()));
     assert_eq!(cron.doc["spec"]["concurrencyPolicy"], "Forbid");
 }
+
+/// A localhost HTTP server that refuses every request with 403 (the Entra token endpoint and
+/// the storage endpoint both), so the collector's start-up write check fails on credentials
+/// without contacting anything beyond localhost.
+fn refusing_http_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let _ = s.read(&mut buf);
+            let body = "{\"error\":\"invalid_client\"}";
+            let _ = write!(
+                s,
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// deploy/collector-azure-blob: Parquet to Azure Blob / ADLS Gen2 with workload identity, the
+/// volume keeping only the collector's local state (spool, staging), and a URL the real
+/// collector accepts: started with it (and workload identity's variables), it gets past config
+/// validation and stops at the store's write check, naming --parquet-url and the credentials.
+#[test]
+fn azure_blob_overlay_writes_parquet_to_the_store_with_workload_identity() {
+    let test = "azure_blob_overlay_writes_parquet_to_the_store_with_workload_identity";
+    let dir = deploy().join("collector-azure-blob");
+    let Some(rendered) = kubectl_render(&dir, test) else {
+        return;
+    };
+    let Some(base) = kubectl_render(&deploy().join("collector"), test) else {
+        return;
+    };
+    let find = |objs: &[Value], kind: &str| -> Value {
+        objs.iter()
+            .find(|o| o["kind"] == json!(kind) && o["metadata"]["name"] == json!("meshaudit"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} meshaudit"))
+    };
+    let sts = find(&rendered, "StatefulSet");
+    let sa = find(&rendered, "ServiceAccount");
+    assert!(sa["metadata"]["annotations"]["azure.workload.identity/client-id"].is_string());
+    assert_eq!(
+        sts.pointer("/spec/template/metadata/labels/azure.workload.identity~1use"),
+        Some(&json!("true"))
+    );
+    assert_eq!(
+        sts.pointer("/spec/template/spec/serviceAccountName"),
+        Some(&json!("meshaudit"))
+    );
+    let container = &seq_at(&sts, "/spec/template/spec/containers", "containers")[0];
+    let env = seq_at(container, "/env", "env");
+    let url = env
+        .iter()
+        .find(|e| e["name"] == json!("MESHAUDIT_PARQUET_URL"))
+        .and_then(|e| e["value"].as_str())
+        .expect("MESHAUDIT_PARQUET_URL")
+        .to_owned();
+    assert!(url.starts_with("abfss://"), "{url}");
+    assert!(
+        env.iter().any(|e| e["name"] == json!("RUST_LOG")),
+        "the patch must merge env, not replace it"
+    );
+
+    // The config the pod runs: the base's TOML plus the URL (env beats the file).
+    let c = Collector::load();
+    let args = strings(container.get("args"));
+    let parsed = ServeCli::try_parse_from(
+        std::iter::once("meshaudit serve").chain(args[1..].iter().map(String::as_str)),
+    )
+    .expect("args");
+    let cfg = ServeConfig::resolve(ServeOptions {
+        config: Some(c.config_file.clone()),
+        parquet_url: Some(url.clone()),
+        ..parsed.opts
+    })
+    .unwrap_or_else(|e| panic!("the collector refuses the overlay's parquet_url: {e}"));
+    assert_eq!(cfg.parquet_url.as_deref(), Some(url.as_str()));
+
+    // The only persistent volume mount holds the spool and the staging data dir; nothing else
+    // of the pod is on a claim, and the claim is smaller than the base's (Parquet leaves it).
+    let claims = seq_at(&sts, "/spec/volumeClaimTemplates", "claims");
+    assert_eq!(claims.len(), 1);
+    let claim_name = claims[0]["metadata"]["name"].clone();
+    let mounts: Vec<&Value> = seq_at(container, "/volumeMounts", "mounts")
+        .iter()
+        .filter(|m| m["name"] == claim_name)
+        .collect();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    let mount = PathBuf::from(str_at(mounts[0], "/mountPath", "mount"));
+    assert!(cfg.spool_dir.starts_with(&mount), "spool not on the claim");
+    assert!(cfg.data_dir.starts_with(&mount));
+    let gib = |s: &Value| -> u64 {
+        let q = str_at(
+            s,
+            "/spec/volumeClaimTemplates/0/spec/resources/requests/storage",
+            "size",
+        );
+        q.strip_suffix("Gi")
+            .and_then(|n| n.parse().ok())
+            .expect("size in Gi")
+    };
+    let base_sts = find(&base, "StatefulSet");
+    assert!(
+        gib(&sts) < gib(&base_sts),
+        "{} vs {}",
+        gib(&sts),
+        gib(&base_sts)
+    );
+
+    // The real collector, with the URL and what the workload identity webhook injects, every
+    // endpoint on a localhost server that refuses: a credentials error, not a config error.
+    let refuser = refusing_http_server();
+    let data = tempfile::tempdir().expect("tempdir");
+    let token = data.path().join("azure-identity-token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").expect("token");
+    let [als, admin] = common::free_addrs::<2>();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshaudit"))
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--als-addr",
+            &als.to_string(),
+            "--admin-addr",
+            &admin.to_string(),
+        ])
+        .args(["--otlp-addr", "off"])
+        .env("MESHAUDIT_PARQUET_URL", &url)
+        .env("AZURE_CLIENT_ID", "00000000-0000-0000-0000-00000000c1d0")
+        .env("AZURE_TENANT_ID", "00000000-0000-0000-0000-0000000000a1")
+        .env("AZURE_FEDERATED_TOKEN_FILE", &token)
+        .env("AZURE_AUTHORITY_HOST", format!("http://{refuser}"))
+        .env("AZURE_STORAGE_ENDPOINT", format!("http://{refuser}"))
+        .env("AZURE_ALLOW_HTTP", "true")
+        .output()
+        .expect("run meshaudit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to --parquet-url")
+            && stderr.contains("AZURE_FEDERATED_TOKEN_FILE")
+            && !stderr.contains("invalid --parquet-url")
+            && !stderr.contains("invalid setting"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("eyJhbGciOiJSUzI1NiJ9"),
+        "the token leaked: {stderr}"
+    );
+}
