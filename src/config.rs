@@ -363,12 +363,13 @@ pub struct ServeOptions {
     pub admin_idle_timeout_secs: Option<u64>,
 
     /// How far before its receive time an entry's start_time may be; an earlier one is stored
-    /// with start_time = received_at and flagged (start_time_clamped) [default: 604800, 7 days].
+    /// with start_time = received_at and the reported seconds in start_time_reported_secs
+    /// [default: 604800, 7 days].
     #[arg(long, env = "MESHAUDIT_START_TIME_MAX_PAST_SECS", value_name = "SECS")]
     pub start_time_max_past_secs: Option<u64>,
 
     /// How far after its receive time an entry's start_time may be; a later one is stored with
-    /// start_time = received_at and flagged (start_time_clamped) [default: 3600].
+    /// start_time = received_at and the reported seconds in start_time_reported_secs [default: 3600].
     #[arg(
         long,
         env = "MESHAUDIT_START_TIME_MAX_FUTURE_SECS",

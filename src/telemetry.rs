@@ -411,7 +411,7 @@ impl Metrics {
             ),
             (
                 "start_time_clamped",
-                "records whose start_time was outside the accepted window around received_at, stored with start_time = received_at and start_time_clamped = true",
+                "records whose start_time was outside the accepted window around received_at, stored with start_time = received_at and the reported seconds in start_time_reported_secs",
                 &[],
                 g(&self.start_time_clamped),
             ),
