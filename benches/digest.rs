@@ -12,7 +12,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meshaudit::ingest::wire;
 use meshaudit::join::{Joiner, StreamContext};
 use meshaudit::loadgen::corpus::{Corpus, CorpusSpec};
-use meshaudit::record::id::EntryType;
 use meshaudit::record::AuditRecord;
 use meshaudit::store::digest::canonical::{sha256, Encoder};
 use meshaudit::store::digest::files::FileRecords;
@@ -20,7 +19,6 @@ use meshaudit::store::digest::key::SigningKey;
 use meshaudit::store::digest::postgres::PgDigests;
 use meshaudit::store::digest::statement::{DigestKind, SinkKind, Statement};
 use meshaudit::store::digest::Signer;
-use prost::Message;
 
 const N: usize = 1000;
 
@@ -42,27 +40,12 @@ fn records() -> Vec<AuditRecord> {
     });
     let joiner = Joiner::default();
     let mut out = Vec::new();
-    for m in corpus.http.iter().chain(corpus.tcp.iter()) {
-        let msg = wire::StreamAccessLogsMessage::decode(m.bytes.clone()).expect("corpus decodes");
-        let (kind, entries) = match msg.log_entries {
-            Some(wire::stream_access_logs_message::LogEntries::HttpLogs(h)) => {
-                (EntryType::Http, h.log_entry)
-            }
-            Some(wire::stream_access_logs_message::LogEntries::TcpLogs(t)) => {
-                (EntryType::Tcp, t.log_entry)
-            }
-            None => continue,
-        };
-        for e in entries {
-            out.push(
-                joiner
-                    .join(&ctx, kind, &e, 1_772_446_505_000_000)
-                    .expect("joins"),
-            );
-        }
-        if out.len() >= N {
-            break;
-        }
+    for (kind, e) in corpus.log_entries() {
+        out.push(
+            joiner
+                .join(&ctx, kind, &e, 1_772_446_505_000_000)
+                .expect("joins"),
+        );
     }
     out.truncate(N);
     out

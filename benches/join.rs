@@ -23,16 +23,10 @@ fn corpus_entries(tokens: usize) -> Vec<Bytes> {
         now_unix: 1_772_446_504,
     });
     corpus
-        .http
-        .iter()
-        .flat_map(|m| {
-            let msg =
-                wire::StreamAccessLogsMessage::decode(m.bytes.clone()).expect("corpus decodes");
-            match msg.log_entries {
-                Some(wire::stream_access_logs_message::LogEntries::HttpLogs(h)) => h.log_entry,
-                _ => vec![],
-            }
-        })
+        .log_entries()
+        .into_iter()
+        .filter(|(kind, _)| *kind == EntryType::Http)
+        .map(|(_, e)| e)
         .take(100)
         .collect()
 }

@@ -13,13 +13,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use meshaudit::ingest::wire;
 use meshaudit::join::{Joiner, StreamContext};
 use meshaudit::loadgen::corpus::{Corpus, CorpusSpec};
-use meshaudit::record::id::EntryType;
 use meshaudit::record::{arrow as record_arrow, AuditRecord};
 use meshaudit::store::spool::{frame, Frame};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use prost::Message;
 
 /// Rows per Arrow batch in the Parquet sink (store::parquet::ENCODE_BATCH_ROWS).
 const N: usize = 2048;
@@ -44,24 +42,12 @@ fn records() -> Vec<AuditRecord> {
     });
     let joiner = Joiner::default();
     let mut out = Vec::new();
-    for m in corpus.http.iter().chain(corpus.tcp.iter()) {
-        let msg = wire::StreamAccessLogsMessage::decode(m.bytes.clone()).expect("corpus decodes");
-        let (kind, entries) = match msg.log_entries {
-            Some(wire::stream_access_logs_message::LogEntries::HttpLogs(h)) => {
-                (EntryType::Http, h.log_entry)
-            }
-            Some(wire::stream_access_logs_message::LogEntries::TcpLogs(t)) => {
-                (EntryType::Tcp, t.log_entry)
-            }
-            None => continue,
-        };
-        for e in entries {
-            out.push(
-                joiner
-                    .join(&ctx, kind, &e, 1_772_446_505_000_000)
-                    .expect("joins"),
-            );
-        }
+    for (kind, e) in corpus.log_entries() {
+        out.push(
+            joiner
+                .join(&ctx, kind, &e, 1_772_446_505_000_000)
+                .expect("joins"),
+        );
     }
     // HTTP and TCP records interleaved as a collector sees them (about 1 in 10 is TCP).
     let (http, tcp): (Vec<_>, Vec<_>) = out.into_iter().partition(|r| r.entry_kind == "http");
