@@ -41,7 +41,7 @@ const BATCH_ROWS: usize = 8192;
 pub enum ReportError {
     #[error("{0}")]
     Range(String),
-    #[error("give exactly one source: --database-url URL (Postgres) or --data-dir DIR (Parquet). Fix: pass one of them, not both")]
+    #[error("give exactly one source: --database-url URL (Postgres), --data-dir DIR (Parquet) or --parquet-url URL (Parquet on object storage). Fix: pass one of them")]
     Source,
     #[error("--data-dir {0}: not a directory. Fix: point --data-dir at the collector's data directory (the one holding dt=YYYY-MM-DD/ folders)")]
     DataDir(PathBuf),
@@ -60,6 +60,8 @@ pub enum ReportError {
     },
     #[error("cannot read Parquet file {path}: {reason}")]
     ParquetFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::layout::MirrorError),
     #[error("Parquet: {0}")]
     Parquet(String),
     #[error("the database has no audit_records table. Fix: point --database-url at the collector's database (run `meshaudit migrate` there if it was never set up)")]
@@ -96,6 +98,11 @@ pub struct ReportOptions {
     /// Read the Parquet files under the collector's data directory instead.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Or read the Parquet files on object storage, the URL the collector writes to
+    /// (`az://CONTAINER/PREFIX`, `abfss://...`, `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`);
+    /// credentials from the environment as for `serve` (read and list rights are enough).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["data_dir", "database_url"])]
+    pub parquet_url: Option<String>,
     /// Directory to write the report into (created; must be empty or absent).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -299,10 +306,11 @@ pub async fn run(opts: ReportOptions) -> Result<Value, ReportError> {
     )?;
     let sections = spec::sections();
     // Checked before any query runs, so a mistake costs nothing.
-    let source_kind = match (&opts.database_url, &opts.data_dir) {
-        (Some(url), None) => Ok(url.clone()),
-        (None, Some(dir)) if dir.is_dir() => Err(dir.clone()),
-        (None, Some(dir)) => return Err(ReportError::DataDir(dir.clone())),
+    let source_kind = match (&opts.database_url, &opts.data_dir, &opts.parquet_url) {
+        (Some(url), None, None) => Ok(url.clone()),
+        (None, Some(dir), None) if dir.is_dir() => Err((dir.clone(), None)),
+        (None, Some(dir), None) => return Err(ReportError::DataDir(dir.clone())),
+        (None, None, Some(url)) => Err((PathBuf::new(), Some(url.clone()))),
         _ => return Err(ReportError::Source),
     };
     let directory = match &opts.directory {
@@ -327,7 +335,14 @@ pub async fn run(opts: ReportOptions) -> Result<Value, ReportError> {
             let tables = postgres_source::run(&url, &sections, &range, &privileged).await?;
             (tables, Source::Postgres { target })
         }
-        Err(dir) => {
+        Err((dir, url)) => {
+            // An object store is read from a local copy (store::layout::Mirror, dropped at the
+            // end of this arm), through the same listing and reader as a data dir.
+            let mirror = match &url {
+                Some(url) => Some(crate::store::layout::Mirror::fetch(url).await?),
+                None => None,
+            };
+            let dir = mirror.as_ref().map_or(dir, |m| m.dir().to_path_buf());
             let (secs, params, dir2) = (sections.clone(), privileged.clone(), dir.clone());
             let (tables, stats) = tokio::task::spawn_blocking(move || {
                 let mut eval = Evaluator::new(&secs, &params);
@@ -336,10 +351,13 @@ pub async fn run(opts: ReportOptions) -> Result<Value, ReportError> {
             })
             .await
             .map_err(|e| ReportError::Task(e.to_string()))??;
-            let data_dir = std::fs::canonicalize(&dir)
-                .unwrap_or(dir)
-                .display()
-                .to_string();
+            let data_dir = match &mirror {
+                Some(m) => m.shown.clone(),
+                None => std::fs::canonicalize(&dir)
+                    .unwrap_or(dir)
+                    .display()
+                    .to_string(),
+            };
             (tables, Source::Parquet { data_dir, stats })
         }
     };

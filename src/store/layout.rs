@@ -313,6 +313,125 @@ pub fn scan(data_dir: &Path) -> std::io::Result<Inventory> {
     Ok(inv)
 }
 
+/// Why an object store could not be listed or fetched for `report` / `verify`.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Url(#[from] crate::store::object::ObjectError),
+    #[error("cannot read --parquet-url {url}: {reason}. Fix: check the store's credentials in the environment ({creds}) and that they may list and read (GET) objects under the prefix")]
+    NotReadable {
+        url: String,
+        creds: &'static str,
+        reason: String,
+    },
+    #[error("cannot write the local copy of {url} in {dir}: {source}. Fix: set TMPDIR to a directory with room for the Parquet files of the store")]
+    Local {
+        url: String,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A local copy of what an object store holds under a `--parquet-url` prefix: the keys that
+/// [`scan`] classifies (every `.parquet` object and everything under `_digests/`), written
+/// under the same relative names into a private temporary directory (removed on drop). `report`
+/// and `verify` then read it exactly as a data dir, through [`scan`], so the object store has no
+/// second listing: a key outside the Hive layout becomes the same [`Stray`].
+///
+/// Downloading (streamed chunk by chunk, so memory stays bounded whatever the object size) is
+/// chosen over ranged GETs: the Parquet reader and the digest hashing need random access and
+/// whole-file reads anyway, and the readers already used for a data dir stay the only readers.
+/// It costs local disk the size of the store's Parquet files.
+pub struct Mirror {
+    dir: PathBuf,
+    /// The URL without query or userinfo, to name the store in reports and findings.
+    pub shown: String,
+    /// Objects fetched.
+    pub objects: usize,
+}
+
+impl Mirror {
+    /// The local copy, to [`scan`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Lists and fetches `raw_url` (credentials from the environment, as `serve` uses them).
+    pub async fn fetch(raw_url: &str) -> Result<Mirror, MirrorError> {
+        use futures_util::StreamExt;
+        use object_store::ObjectStoreExt;
+        use std::os::unix::fs::DirBuilderExt;
+
+        let opened = crate::store::object::open(raw_url)?;
+        let shown = opened.shown.clone();
+        let unreadable = |e: object_store::Error| MirrorError::NotReadable {
+            url: opened.shown.clone(),
+            creds: opened.creds,
+            reason: crate::store::object::redact(&e.to_string()),
+        };
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("meshaudit-store-{}-{stamp}", std::process::id()));
+        let local = |source: std::io::Error| MirrorError::Local {
+            url: shown.clone(),
+            dir: dir.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(local)?;
+        let mut mirror = Mirror {
+            dir: dir.clone(),
+            shown: shown.clone(),
+            objects: 0,
+        };
+        let prefix = opened.prefix.clone();
+        let mut listing = opened.store.list(Some(&prefix));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(unreadable)?;
+            let Some(parts) = meta.location.prefix_match(&prefix) else {
+                continue;
+            };
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_owned()).collect();
+            let wanted = parts.first().is_some_and(|p| p == DIGESTS_DIR)
+                || parts.last().is_some_and(|p| p.ends_with(".parquet"));
+            // `object_store` paths never hold `.`/`..` segments or empty ones.
+            if !wanted || parts.iter().any(|p| p == "." || p == "..") {
+                continue;
+            }
+            let path = parts.iter().fold(dir.clone(), |p, part| p.join(part));
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(local)?;
+            }
+            let got = opened.store.get(&meta.location).await.map_err(unreadable)?;
+            let mut file = tokio::fs::File::create(&path).await.map_err(local)?;
+            let mut chunks = got.into_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(unreadable)?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                    .await
+                    .map_err(local)?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(local)?;
+            mirror.objects += 1;
+        }
+        tracing::info!(url = %mirror.shown, objects = mirror.objects, "object store listed and fetched");
+        Ok(mirror)
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

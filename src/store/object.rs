@@ -67,7 +67,7 @@ pub struct ObjectTarget {
 }
 
 /// Error text of the store client without URL queries (a SAS token travels in one).
-fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     text.split(' ')
         .map(|w| match (w.contains("://"), w.find('?')) {
             (true, Some(i)) => format!("{}?[redacted]", &w[..i]),
@@ -99,52 +99,12 @@ impl ObjectTarget {
 
     /// Builds the client from the URL and the environment's credentials.
     pub fn from_url(raw: &str, staging: &Path) -> Result<ObjectTarget, ObjectError> {
-        let bare = raw.split(['?', '#']).next().unwrap_or("").to_owned();
-        let bad = |reason: String| ObjectError::BadUrl {
-            url: bare.clone(),
-            reason: redact(&reason.replace(raw, &bare)),
-        };
-        // reqwest is built without a TLS provider of its own: the process uses rustls on ring
-        // (as for Postgres and the JWKS client). Already installed is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
-        let (scheme, path) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
-        let prefix = ObjPath::parse(path).map_err(|e| bad(e.to_string()))?;
-        let (store, creds): (Arc<dyn ObjectStore>, &'static str) = match scheme {
-            ObjectStoreScheme::AmazonS3 => (
-                Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
-                        .with_url(raw)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                ),
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), AWS_REGION, AWS_ENDPOINT for S3-compatible stores",
-            ),
-            ObjectStoreScheme::MicrosoftAzure => (
-                Arc::new(
-                    object_store::azure::MicrosoftAzureBuilder::from_env()
-                        .with_url(raw)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                ),
-                "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY, AZURE_CLIENT_ID + AZURE_FEDERATED_TOKEN_FILE (workload identity), or a managed identity",
-            ),
-            ObjectStoreScheme::GoogleCloudStorage => (
-                Arc::new(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                        .with_url(raw)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                ),
-                "GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS",
-            ),
-            other => return Err(bad(format!("{other:?} is not an object store this collector writes to"))),
-        };
+        let opened = open(raw)?;
         Ok(ObjectTarget {
-            store,
-            prefix,
-            shown: shown(&url),
-            creds,
+            store: opened.store,
+            prefix: opened.prefix,
+            shown: opened.shown,
+            creds: opened.creds,
             staging: staging.to_path_buf(),
             digests: HashMap::new(),
         })
@@ -227,6 +187,68 @@ impl ObjectTarget {
                 reason: redact(&e.to_string()),
             })
     }
+}
+
+/// A store client opened from a URL (`--parquet-url` of serve, report and verify).
+pub struct OpenedStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: ObjPath,
+    /// The URL without query or userinfo (a SAS token or key never shows).
+    pub shown: String,
+    /// The credential settings of that cloud, for error messages.
+    pub creds: &'static str,
+}
+
+/// Builds the client from the URL and the environment's credentials (the builders' `from_env`):
+/// the one place `serve`, `report` and `verify` parse an object-store URL.
+pub fn open(raw: &str) -> Result<OpenedStore, ObjectError> {
+    let bare = raw.split(['?', '#']).next().unwrap_or("").to_owned();
+    let bad = |reason: String| ObjectError::BadUrl {
+        url: bare.clone(),
+        reason: redact(&reason.replace(raw, &bare)),
+    };
+    // reqwest is built without a TLS provider of its own: the process uses rustls on ring
+    // (as for Postgres and the JWKS client). Already installed is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
+    let (scheme, path) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
+    let prefix = ObjPath::parse(path).map_err(|e| bad(e.to_string()))?;
+    let (store, creds): (Arc<dyn ObjectStore>, &'static str) = match scheme {
+            ObjectStoreScheme::AmazonS3 => (
+                Arc::new(
+                    object_store::aws::AmazonS3Builder::from_env()
+                        .with_url(raw)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                ),
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), AWS_REGION, AWS_ENDPOINT for S3-compatible stores",
+            ),
+            ObjectStoreScheme::MicrosoftAzure => (
+                Arc::new(
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_url(raw)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                ),
+                "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY, AZURE_CLIENT_ID + AZURE_FEDERATED_TOKEN_FILE (workload identity), or a managed identity",
+            ),
+            ObjectStoreScheme::GoogleCloudStorage => (
+                Arc::new(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_url(raw)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                ),
+                "GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS",
+            ),
+            other => return Err(bad(format!("{other:?} is not an object store this collector writes to"))),
+        };
+    Ok(OpenedStore {
+        store,
+        prefix,
+        shown: shown(&url),
+        creds,
+    })
 }
 
 #[cfg(test)]

@@ -28,6 +28,16 @@ pub struct VerifyOptions {
     /// Data dir of Parquet files and their `_digests/` (a copy of it is fine).
     #[arg(long, value_name = "DIR", group = "storage")]
     pub data_dir: Option<PathBuf>,
+    /// Parquet files and their `_digests/` on object storage, the URL the collector writes to
+    /// (`az://CONTAINER/PREFIX`, `abfss://...`, `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`);
+    /// credentials from the environment as for `serve` (read and list rights are enough).
+    #[arg(
+        long,
+        value_name = "URL",
+        group = "storage",
+        conflicts_with = "data_dir"
+    )]
+    pub parquet_url: Option<String>,
     /// Postgres holding audit_records and audit_digests (a read-only role is enough).
     #[arg(long, value_name = "URL", group = "storage", hide_env_values = true)]
     pub database_url: Option<DatabaseUrl>,
@@ -50,6 +60,8 @@ pub enum VerifyError {
     NoDigestTable,
     #[error("the data dir {0} does not exist")]
     NoDataDir(PathBuf),
+    #[error(transparent)]
+    Store(#[from] crate::store::layout::MirrorError),
     #[error("verification failed: {0}")]
     Internal(String),
 }
@@ -61,11 +73,19 @@ pub async fn run(opts: &VerifyOptions) -> Result<Report, VerifyError> {
         .map(|p| PublicKey::read(p))
         .collect::<Result<Vec<_>, _>>()?;
     let mut report = Report::default();
-    if let Some(dir) = &opts.data_dir {
+    // An object store is verified from a local copy of it (layout::Mirror), dropped at the end.
+    let mirror = match &opts.parquet_url {
+        Some(url) => Some(crate::store::layout::Mirror::fetch(url).await?),
+        None => None,
+    };
+    let dir = match &mirror {
+        Some(m) => Some(m.dir().to_path_buf()),
+        None => opts.data_dir.clone(),
+    };
+    if let Some(dir) = dir {
         if !dir.is_dir() {
-            return Err(VerifyError::NoDataDir(dir.clone()));
+            return Err(VerifyError::NoDataDir(dir));
         }
-        let dir = dir.clone();
         let keys = keys.clone();
         // File reads and hashing are blocking work.
         let (summary, r) = tokio::task::spawn_blocking(move || {
