@@ -1,0 +1,396 @@
+//! `meshaudit report` and `meshaudit verify` reading the object store the collector writes to
+//! (issue 14 item 3, `--parquet-url`), against a real Azurite (npm, target/azurite) started here
+//! on a free port, and a real throwaway Postgres for the comparison: the collector writes the
+//! same records to both; the report from `az://` equals the report from Postgres; `verify` on
+//! `az://` is clean, then catches a modified and a deleted object; a wrong key or a bad URL is
+//! an error naming the setting and the fix, and the key never shows.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::pg::PgCluster;
+use common::*;
+use serde_json::{json, Value};
+
+// Azurite's documented development account key (public, the same in every Azurite).
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const WRONG_KEY: &str = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
+
+/// Azurite's blob service on a free port, killed on drop.
+struct Azurite {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    fn start() -> Azurite {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/azurite/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing. Fix: scripts/test installs azurite there (npm install in target/azurite)",
+            bin.display()
+        );
+        let [addr] = free_addrs::<1>();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort"])
+            .arg(addr.port().to_string())
+            .arg("--location")
+            .arg(dir.path())
+            .args(["--skipApiVersionCheck", "--loose", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        wait_for("azurite listening", Duration::from_secs(30), || {
+            TcpStream::connect(addr).is_ok()
+        });
+        Azurite {
+            child,
+            port: addr.port(),
+            _dir: dir,
+        }
+    }
+
+    /// Python with `az`, a pyarrow AzureFileSystem on this Azurite (a client meshaudit did not
+    /// write); returns what it printed as JSON.
+    fn py(&self, code: &str) -> Value {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+        let prelude = format!(
+            "import json, pyarrow.fs as pafs, pyarrow.parquet as pq\n\
+             az = pafs.AzureFileSystem(account_name='devstoreaccount1', account_key='{AZURITE_KEY}', \
+             blob_storage_authority='127.0.0.1:{port}', dfs_storage_authority='127.0.0.1:{port}', \
+             blob_storage_scheme='http', dfs_storage_scheme='http')\n",
+            port = self.port
+        );
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(format!("{prelude}{code}"))
+            .output()
+            .expect("run python (target/pyenv, built by scripts/test)");
+        assert!(
+            out.status.success(),
+            "python failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn env(&self, key: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+            (
+                "AZURITE_BLOB_STORAGE_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1".into()),
+            ("AZURE_STORAGE_ACCOUNT_KEY", key.into()),
+        ]
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn meshaudit(args: &[&str], env: &[(&'static str, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshaudit"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run meshaudit")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The numbers of every section, without the queries (which name the store).
+fn numbers(doc: &Value) -> BTreeMap<String, Value> {
+    doc["sections"]
+        .as_array()
+        .expect("sections")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().expect("id").to_owned(),
+                json!({"rows": s["rows"], "row_count": s["row_count"],
+                       "records": s["records"], "totals": s["totals"], "range": s["range"]}),
+            )
+        })
+        .collect()
+}
+
+fn verify(url: &str, key: &Path, env: &[(&'static str, String)]) -> (i32, Value, String) {
+    let o = meshaudit(
+        &[
+            "verify",
+            "--parquet-url",
+            url,
+            "--public-key",
+            key.to_str().expect("utf8"),
+            "--json",
+        ],
+        env,
+    );
+    let all = text(&o);
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.code().unwrap_or(-1), v, all)
+}
+
+fn kinds(v: &Value) -> Vec<(String, String)> {
+    v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or("").to_owned(),
+                f["file"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn report_and_verify_read_azure_blob_like_postgres_and_catch_a_modified_and_a_deleted_object() {
+    let az = Azurite::start();
+    az.py("az.create_dir('lake')\nprint('null')");
+    let pg = PgCluster::start();
+    let db_url = pg.create_db("objread");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir(&scratch).expect("scratch");
+    let scratch_env = ("TMPDIR", scratch.display().to_string());
+    let mut env = az.env(AZURITE_KEY);
+    env.push(scratch_env.clone());
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = "az://lake/audit";
+
+    // The same records into Postgres and Azure Blob: loadgen traffic, every report section fed.
+    let c = Collector::start_with_env(
+        &data,
+        &[
+            "--database-url",
+            &db_url,
+            "--migrate-on-start",
+            "--parquet-url",
+            url,
+            "--parquet-max-file-age-secs",
+            "1",
+        ],
+        &env_refs,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_meshaudit"))
+        .args(["loadgen", "--target", &c.als_addr.to_string()])
+        .args([
+            "--streams",
+            "2",
+            "--connections",
+            "1",
+            "--duration-secs",
+            "1",
+        ])
+        .args(["--rate", "2000", "--deny-ratio", "0.2", "--seed", "7"])
+        .output()
+        .expect("run loadgen");
+    assert!(out.status.success(), "{}", text(&out));
+    let sent: Value = serde_json::from_slice(&out.stdout).expect("loadgen JSON");
+    let sent = sent["entries"].as_i64().expect("entries");
+    assert!(sent > 500, "loadgen sent only {sent}");
+    wait_until("every entry in postgres", Duration::from_secs(60), || {
+        pg.count("objread", "SELECT count(*) FROM audit_records") == sent
+    });
+    let count = "sel = pafs.FileSelector('lake/audit', recursive=True)\n\
+                 files = [f.path for f in az.get_file_info(sel) if f.path.endswith('.parquet')]\n\
+                 ids = set()\n\
+                 for f in files:\n    ids |= set(pq.read_table(f, filesystem=az).column('record_id').to_pylist())\n\
+                 print(json.dumps({'ids': len(ids), 'files': sorted(files)}))";
+    wait_until(
+        "every record in Azure Blob",
+        Duration::from_secs(60),
+        || az.py(count)["ids"] == sent,
+    );
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let objects = az.py(count);
+    let files: Vec<String> = objects["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    assert!(!files.is_empty());
+
+    // The public key, from the collector's local state (the signing key stays on its volume).
+    let key = tmp.path().join("collector.pub");
+    let o = meshaudit(
+        &[
+            "public-key",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--out",
+            key.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    // report: Postgres and az:// give the same numbers.
+    let today = chrono::Utc::now().date_naive();
+    let from = (today - chrono::Days::new(1)).to_string();
+    let to = (today + chrono::Days::new(2)).to_string();
+    let mut docs = Vec::new();
+    for (name, source) in [
+        ("pg", ["--database-url", &db_url]),
+        ("az", ["--parquet-url", url]),
+    ] {
+        let out_dir = tmp.path().join(name);
+        let mut args = vec!["report", "--from", &from, "--to", &to, "--format", "json"];
+        args.extend(["--privileged-role", "Orders.Approver"]);
+        args.extend(["--out", out_dir.to_str().expect("utf8")]);
+        args.extend(source);
+        let o = meshaudit(&args, &env);
+        assert!(o.status.success(), "report {name}: {}", text(&o));
+        assert!(!text(&o).contains(AZURITE_KEY), "{}", text(&o));
+        let doc: Value = serde_json::from_slice(
+            &std::fs::read(out_dir.join("report.json")).expect("report.json"),
+        )
+        .expect("JSON");
+        docs.push(doc);
+    }
+    assert_eq!(numbers(&docs[0]), numbers(&docs[1]));
+    let access = docs[1]["sections"]
+        .as_array()
+        .expect("sections")
+        .iter()
+        .find(|s| s["id"] == "access_review")
+        .expect("access_review");
+    assert_eq!(access["records"], sent);
+    // The DuckDB query names the object-store path an auditor would query, not a temp copy.
+    let shown = serde_json::to_string(&docs[1]).expect("json");
+    assert!(
+        shown.contains("read_parquet('az://lake/audit/**/*.parquet', hive_partitioning = true)"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("meshaudit-store-"),
+        "the local copy leaked into the report"
+    );
+    assert!(!shown.contains(AZURITE_KEY));
+    for f in std::fs::read_dir(tmp.path().join("az")).expect("out") {
+        let bytes = std::fs::read(f.expect("entry").path()).expect("read");
+        assert!(!String::from_utf8_lossy(&bytes).contains(AZURITE_KEY));
+    }
+
+    // verify: clean on what the collector wrote.
+    let (code, v, all) = verify(url, &key, &env);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(v["parquet"]["records"], sent, "{all}");
+    assert!(!all.contains(AZURITE_KEY), "{all}");
+
+    // A modified object: one record's principal changed, rewritten by pyarrow in place.
+    let victim = files[0].clone();
+    let rel_victim = victim.trim_start_matches("lake/audit/").to_owned();
+    az.py(&format!(
+        "import pyarrow as pa\n\
+         t = pq.read_table('{victim}', filesystem=az)\n\
+         i = t.schema.get_field_index('source_principal')\n\
+         col = t.column(i).to_pylist()\n\
+         col[0] = 'spiffe://cluster.local/ns/evil/sa/forged'\n\
+         t = t.set_column(i, t.schema.field(i), pa.array(col, type=t.schema.field(i).type))\n\
+         pq.write_table(t, '{victim}', filesystem=az)\n\
+         print('null')"
+    ));
+    let (code, v, all) = verify(url, &key, &env);
+    assert_eq!(code, 1, "{all}");
+    let found = kinds(&v);
+    assert!(
+        found
+            .iter()
+            .any(|(k, f)| k == "file_modified" && f == &rel_victim),
+        "{found:?}"
+    );
+
+    // A deleted object: the digest still names it.
+    let gone = files.last().expect("a file").clone();
+    let rel_gone = gone.trim_start_matches("lake/audit/").to_owned();
+    az.py(&format!("az.delete_file('{gone}')\nprint('null')"));
+    let (code, v, all) = verify(url, &key, &env);
+    assert_eq!(code, 1, "{all}");
+    let found = kinds(&v);
+    assert!(
+        found
+            .iter()
+            .any(|(k, f)| k == "file_missing" && f == &rel_gone),
+        "{found:?}"
+    );
+    if rel_gone != rel_victim {
+        assert!(found.iter().any(|(k, _)| k == "file_modified"), "{found:?}");
+    }
+
+    // A wrong key: an error naming the setting and the fix, without the key.
+    let mut bad_env = az.env(WRONG_KEY);
+    bad_env.push(scratch_env);
+    let (code, _, all) = verify(url, &key, &bad_env);
+    assert_eq!(code, 2, "{all}");
+    assert!(
+        all.contains("cannot read --parquet-url az://lake/audit")
+            && all.contains("AZURE_STORAGE_ACCOUNT_KEY")
+            && all.contains("Fix:")
+            && !all.contains(WRONG_KEY),
+        "{all}"
+    );
+    let o = meshaudit(
+        &[
+            "report",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--out",
+            tmp.path().join("bad").to_str().expect("utf8"),
+            "--parquet-url",
+            url,
+        ],
+        &bad_env,
+    );
+    let all = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        all.contains("cannot read --parquet-url az://lake/audit") && !all.contains(WRONG_KEY),
+        "{all}"
+    );
+
+    // A bad URL: named as --parquet-url with the accepted forms.
+    let (code, _, all) = verify("ftp://lake/audit?sig=SECRETSAS", &key, &env);
+    assert_eq!(code, 2, "{all}");
+    assert!(
+        all.contains("--parquet-url") && all.contains("Fix:") && !all.contains("SECRETSAS"),
+        "{all}"
+    );
+    // Every local copy was removed (report and verify ran with TMPDIR = scratch).
+    let left: Vec<PathBuf> = std::fs::read_dir(&scratch)
+        .expect("scratch")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
