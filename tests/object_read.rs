@@ -394,3 +394,173 @@ fn report_and_verify_read_azure_blob_like_postgres_and_catch_a_modified_and_a_de
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// moto's S3 server on a free port (PyPI, target/pyenv), killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let [addr] = free_addrs::<1>();
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing. Fix: scripts/test builds target/pyenv from tests/python/requirements.txt",
+            bin.display()
+        );
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        wait_for("moto listening", Duration::from_secs(30), || {
+            TcpStream::connect(addr).is_ok()
+        });
+        Moto {
+            child,
+            port: addr.port(),
+        }
+    }
+
+    /// Python with `boto` (a boto3 client on this server); returns what it printed as JSON.
+    fn py(&self, code: &str) -> Value {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+        let prelude = format!(
+            "import json, io, boto3, pyarrow as pa, pyarrow.parquet as pq\n\
+             boto = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', \
+             aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n",
+            port = self.port
+        );
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(format!("{prelude}{code}"))
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "python failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn env(&self, secret: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", secret.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn verify_on_s3_is_clean_then_names_a_stray_a_modified_and_a_deleted_object() {
+    let m = Moto::start();
+    m.py("boto.create_bucket(Bucket='trail')\nprint('null')");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let env = m.env("test");
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = "s3://trail/audit";
+    let c = Collector::start_with_env(
+        &data,
+        &["--parquet-url", url, "--parquet-max-file-age-secs", "1"],
+        &env_refs,
+    );
+    send(&c, vec![http_stream(0, 4, 25), http_stream(1000, 2, 10)]);
+    let list = "keys = [o['Key'] for p in boto.get_paginator('list_objects_v2').paginate(Bucket='trail', Prefix='audit/') for o in p.get('Contents', [])]\n\
+                data = sorted(k for k in keys if k.endswith('.parquet'))\n\
+                rows = sum(pq.read_table(io.BytesIO(boto.get_object(Bucket='trail', Key=k)['Body'].read())).num_rows for k in data)\n\
+                print(json.dumps({'rows': rows, 'data': data}))";
+    wait_until("120 records in S3", Duration::from_secs(60), || {
+        m.py(list)["rows"] == 120
+    });
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
+    let data_keys: Vec<String> = m.py(list)["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    let key = tmp.path().join("collector.pub");
+    let o = meshaudit(
+        &[
+            "public-key",
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--out",
+            key.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    let (code, v, all) = verify(url, &key, &env);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(v["parquet"]["records"], 120, "{all}");
+
+    // A .parquet object outside the Hive layout: a stray, named.
+    m.py("boto.put_object(Bucket='trail', Key='audit/extra/forged.parquet', Body=b'PAR1')\nprint('null')");
+    let (code, v, all) = verify(url, &key, &env);
+    assert_eq!(code, 1, "{all}");
+    assert_eq!(
+        kinds(&v),
+        [("not_in_store".to_owned(), "extra/forged.parquet".to_owned())],
+        "{all}"
+    );
+    m.py("boto.delete_object(Bucket='trail', Key='audit/extra/forged.parquet')\nprint('null')");
+
+    // A modified object (one value changed, re-encoded) and a deleted one.
+    let victim = &data_keys[0];
+    m.py(&format!(
+        "b = boto.get_object(Bucket='trail', Key='{victim}')['Body'].read()\n\
+         t = pq.read_table(io.BytesIO(b))\n\
+         i = t.schema.get_field_index('source_principal')\n\
+         col = t.column(i).to_pylist()\n\
+         col[-1] = 'spiffe://cluster.local/ns/evil/sa/forged'\n\
+         t = t.set_column(i, t.schema.field(i), pa.array(col, type=t.schema.field(i).type))\n\
+         out = io.BytesIO()\n\
+         pq.write_table(t, out)\n\
+         boto.put_object(Bucket='trail', Key='{victim}', Body=out.getvalue())\n\
+         print('null')"
+    ));
+    let (code, v, all) = verify(url, &key, &env);
+    assert_eq!(code, 1, "{all}");
+    let rel = |k: &str| k.trim_start_matches("audit/").to_owned();
+    assert!(
+        kinds(&v).contains(&("file_modified".to_owned(), rel(victim))),
+        "{all}"
+    );
+    // Deleted: the last data object (the modified one when there is only one).
+    let gone = data_keys.last().expect("a data object");
+    m.py(&format!(
+        "boto.delete_object(Bucket='trail', Key='{gone}')\nprint('null')"
+    ));
+    let (code, v, all) = verify(url, &key, &env);
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        kinds(&v).contains(&("file_missing".to_owned(), rel(gone))),
+        "{all}"
+    );
+
+    // A wrong secret: named, never shown.
+    let wrong = "wrong-secret-0123456789abcdef";
+    let (code, _, all) = verify(url, &key, &m.env(wrong));
+    // moto accepts any credentials by default: only assert what must hold either way.
+    assert!(!all.contains(wrong), "{all}");
+    assert!(code == 1 || code == 2, "{all}");
+}
