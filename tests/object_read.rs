@@ -14,96 +14,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::pg::PgCluster;
+use common::objstore::{Azurite, Moto, AZURITE_KEY};
 use common::*;
 use serde_json::{json, Value};
 
-// Azurite's documented development account key (public, the same in every Azurite).
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const WRONG_KEY: &str = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
-
-/// Azurite's blob service on a free port, killed on drop.
-struct Azurite {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Azurite {
-    fn start() -> Azurite {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/azurite/node_modules/.bin/azurite-blob");
-        assert!(
-            bin.exists(),
-            "{} is missing. Fix: scripts/test installs azurite there (npm install in target/azurite)",
-            bin.display()
-        );
-        let [addr] = free_addrs::<1>();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort"])
-            .arg(addr.port().to_string())
-            .arg("--location")
-            .arg(dir.path())
-            .args(["--skipApiVersionCheck", "--loose", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start azurite");
-        wait_for("azurite listening", Duration::from_secs(30), || {
-            TcpStream::connect(addr).is_ok()
-        });
-        Azurite {
-            child,
-            port: addr.port(),
-            _dir: dir,
-        }
-    }
-
-    /// Python with `az`, a pyarrow AzureFileSystem on this Azurite (a client meshaudit did not
-    /// write); returns what it printed as JSON.
-    fn py(&self, code: &str) -> Value {
-        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
-        let prelude = format!(
-            "import json, pyarrow.fs as pafs, pyarrow.parquet as pq\n\
-             az = pafs.AzureFileSystem(account_name='devstoreaccount1', account_key='{AZURITE_KEY}', \
-             blob_storage_authority='127.0.0.1:{port}', dfs_storage_authority='127.0.0.1:{port}', \
-             blob_storage_scheme='http', dfs_storage_scheme='http')\n",
-            port = self.port
-        );
-        let out = Command::new(python)
-            .arg("-c")
-            .arg(format!("{prelude}{code}"))
-            .output()
-            .expect("run python (target/pyenv, built by scripts/test)");
-        assert!(
-            out.status.success(),
-            "python failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    fn env(&self, key: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
-            (
-                "AZURITE_BLOB_STORAGE_URL",
-                format!("http://127.0.0.1:{}", self.port),
-            ),
-            ("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1".into()),
-            ("AZURE_STORAGE_ACCOUNT_KEY", key.into()),
-        ]
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn meshaudit(args: &[&str], env: &[(&'static str, String)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshaudit"))
@@ -393,77 +308,6 @@ fn report_and_verify_read_azure_blob_like_postgres_and_catch_a_modified_and_a_de
         .map(|e| e.expect("entry").path())
         .collect();
     assert!(left.is_empty(), "{left:?}");
-}
-
-/// moto's S3 server on a free port (PyPI, target/pyenv), killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let [addr] = free_addrs::<1>();
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/moto_server");
-        assert!(
-            bin.exists(),
-            "{} is missing. Fix: scripts/test builds target/pyenv from tests/python/requirements.txt",
-            bin.display()
-        );
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        wait_for("moto listening", Duration::from_secs(30), || {
-            TcpStream::connect(addr).is_ok()
-        });
-        Moto {
-            child,
-            port: addr.port(),
-        }
-    }
-
-    /// Python with `boto` (a boto3 client on this server); returns what it printed as JSON.
-    fn py(&self, code: &str) -> Value {
-        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
-        let prelude = format!(
-            "import json, io, boto3, pyarrow as pa, pyarrow.parquet as pq\n\
-             boto = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', \
-             aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n",
-            port = self.port
-        );
-        let out = Command::new(python)
-            .arg("-c")
-            .arg(format!("{prelude}{code}"))
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "python failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    fn env(&self, secret: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", secret.into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
-            ("AWS_ALLOW_HTTP", "true".into()),
-        ]
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -12,104 +12,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::objstore::{Azurite, Moto, AZURITE_KEY};
 use common::*;
 use serde_json::Value;
 
-fn pyenv(bin: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/pyenv/bin")
-        .join(bin);
-    assert!(
-        p.exists(),
-        "{} is missing. Fix: scripts/test builds target/pyenv from tests/python/requirements.txt (moto[server] included)",
-        p.display()
-    );
-    p
-}
-
-/// moto's S3 server on `port`, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start(port: u16) -> Moto {
-        let child = Command::new(pyenv("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        wait_for("moto listening", Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Moto { child, port }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Runs `code` in Python with `s3` (a pyarrow S3FileSystem) and `boto` (a boto3 client) for
-    /// this server; returns what it printed as JSON.
-    fn py(&self, code: &str) -> Value {
-        let prelude = format!(
-            "import json, boto3, pyarrow.fs as pafs, pyarrow.parquet as pq, pyarrow.dataset as ds\n\
-             s3 = pafs.S3FileSystem(access_key='test', secret_key='test', region='us-east-1', \
-             scheme='http', endpoint_override='127.0.0.1:{port}')\n\
-             boto = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', \
-             aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n",
-            port = self.port
-        );
-        let out = Command::new(pyenv("python"))
-            .arg("-c")
-            .arg(format!("{prelude}{code}"))
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "python failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    fn create_bucket(&self, name: &str) {
-        self.py(&format!(
-            "boto.create_bucket(Bucket='{name}')\nprint('null')"
-        ));
-    }
-
-    /// Rows, distinct record_ids, data objects and digest objects under `bucket/audit`.
-    fn contents(&self, bucket: &str) -> Value {
-        self.py(&format!(
-            "keys = [o['Key'] for p in boto.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='audit/') for o in p.get('Contents', [])]\n\
-             data = [k for k in keys if k.endswith('.parquet')]\n\
-             ids = []\n\
-             for k in data:\n    ids += pq.read_table('{bucket}/' + k, filesystem=s3).column('record_id').to_pylist()\n\
-             print(json.dumps({{'rows': len(ids), 'ids': len(set(ids)), 'data': data, \
-             'digests': len([k for k in keys if k.startswith('audit/_digests/')])}}))"
-        ))
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn env(m: &Moto) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ENDPOINT", m.endpoint()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-    ]
+    m.env("test")
+}
+
+/// Rows, distinct record_ids, data objects and digest objects under `bucket/audit`.
+fn contents(m: &Moto, bucket: &str) -> Value {
+    m.py(&format!(
+        "keys = [o['Key'] for p in boto.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='audit/') for o in p.get('Contents', [])]\n\
+         data = [k for k in keys if k.endswith('.parquet')]\n\
+         ids = []\n\
+         for k in data:\n    ids += pq.read_table('{bucket}/' + k, filesystem=s3).column('record_id').to_pylist()\n\
+         print(json.dumps({{'rows': len(ids), 'ids': len(set(ids)), 'data': data, \
+         'digests': len([k for k in keys if k.startswith('audit/_digests/')])}}))"
+    ))
 }
 
 fn local_parquet_files(dir: &Path) -> usize {
@@ -162,7 +82,7 @@ fn serve_fails(data_dir: &Path, url: &str, env: &[(&str, &str)]) -> String {
 #[test]
 fn records_land_in_s3_survive_an_outage_and_a_bad_bucket_fails_at_start_up() {
     let [addr] = free_addrs::<1>();
-    let moto = Moto::start(addr.port());
+    let moto = Moto::start_on(addr.port());
     moto.create_bucket("lake");
     let dir = tempfile::tempdir().expect("tempdir");
     let env_owned = env(&moto);
@@ -186,9 +106,9 @@ fn records_land_in_s3_survive_an_outage_and_a_bad_bucket_fails_at_start_up() {
     let c = Collector::start_with_env(dir.path(), &args, &env);
     send(&c, vec![http_stream(0, 4, 25)]);
     wait_for("100 records in S3", Duration::from_secs(30), || {
-        moto.contents("lake")["ids"] == 100
+        contents(&moto, "lake")["ids"] == 100
     });
-    let got = moto.contents("lake");
+    let got = contents(&moto, "lake");
     let data: Vec<&str> = got["data"]
         .as_array()
         .expect("list")
@@ -218,12 +138,12 @@ fn records_land_in_s3_survive_an_outage_and_a_bad_bucket_fails_at_start_up() {
         c.output()
     );
     // Back (an empty moto: its state is in memory), with the bucket.
-    let moto = Moto::start(addr.port());
+    let moto = Moto::start_on(addr.port());
     moto.create_bucket("lake");
     wait_for(
         "the 200 outage records in S3",
         Duration::from_secs(90),
-        || moto.contents("lake")["ids"] == 200,
+        || contents(&moto, "lake")["ids"] == 200,
     );
     wait_for("parquet lag back to 0", Duration::from_secs(30), || {
         c.metric("meshaudit_sink_lag_bytes{sink=\"parquet\"}") == 0
@@ -233,94 +153,6 @@ fn records_land_in_s3_survive_an_outage_and_a_bad_bucket_fails_at_start_up() {
     assert!(out.contains("meshaudit stopped cleanly"), "{out}");
     assert_eq!(local_parquet_files(dir.path()), 0);
     assert!(!out.contains("AWS_SECRET_ACCESS_KEY=test"), "{out}");
-}
-
-/// Azurite's well-known development account key (public, documented by Microsoft).
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-/// Azurite's blob service on `port`, killed on drop.
-struct Azurite {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Azurite {
-    fn start() -> Azurite {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/azurite/node_modules/.bin/azurite-blob");
-        assert!(
-            bin.exists(),
-            "{} is missing. Fix: scripts/test installs azurite@3.37.0 there (npm install in target/azurite)",
-            bin.display()
-        );
-        let [addr] = free_addrs::<1>();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(bin)
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                &addr.port().to_string(),
-            ])
-            .arg("--location")
-            .arg(dir.path())
-            .args(["--skipApiVersionCheck", "--loose", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start azurite");
-        wait_for("azurite listening", Duration::from_secs(30), || {
-            TcpStream::connect(addr).is_ok()
-        });
-        Azurite {
-            child,
-            port: addr.port(),
-            _dir: dir,
-        }
-    }
-
-    fn py(&self, code: &str) -> Value {
-        let prelude = format!(
-            "import json, pyarrow.fs as pafs, pyarrow.parquet as pq\n\
-             az = pafs.AzureFileSystem(account_name='devstoreaccount1', account_key='{AZURITE_KEY}', \
-             blob_storage_authority='127.0.0.1:{port}', dfs_storage_authority='127.0.0.1:{port}', \
-             blob_storage_scheme='http', dfs_storage_scheme='http')\n",
-            port = self.port
-        );
-        let out = Command::new(pyenv("python"))
-            .arg("-c")
-            .arg(format!("{prelude}{code}"))
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "python failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    fn env(&self, key: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
-            (
-                "AZURITE_BLOB_STORAGE_URL",
-                format!("http://127.0.0.1:{}", self.port),
-            ),
-            ("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1".into()),
-            ("AZURE_STORAGE_ACCOUNT_KEY", key.into()),
-        ]
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -381,7 +213,7 @@ fn records_land_in_azure_blob_and_a_wrong_key_fails_at_start_up_without_showing_
 #[test]
 fn kill_9_with_files_waiting_for_the_store_then_restart_uploads_every_record() {
     let [addr] = free_addrs::<1>();
-    let moto = Moto::start(addr.port());
+    let moto = Moto::start_on(addr.port());
     moto.create_bucket("lake");
     let dir = tempfile::tempdir().expect("tempdir");
     let env_owned = env(&moto);
@@ -405,11 +237,11 @@ fn kill_9_with_files_waiting_for_the_store_then_restart_uploads_every_record() {
     c.kill9();
 
     // Back, and a new start: the waiting file is uploaded and the spool replays (at least once).
-    let moto = Moto::start(addr.port());
+    let moto = Moto::start_on(addr.port());
     moto.create_bucket("lake");
     let c = Collector::start_with_env(dir.path(), &args, &env);
     wait_for("all 100 records in S3", Duration::from_secs(60), || {
-        moto.contents("lake")["ids"] == 100
+        contents(&moto, "lake")["ids"] == 100
     });
     wait_for("nothing left locally", Duration::from_secs(30), || {
         local_parquet_files(dir.path()) == 0
@@ -417,6 +249,6 @@ fn kill_9_with_files_waiting_for_the_store_then_restart_uploads_every_record() {
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
     // Every object is a whole Parquet file (pyarrow read each one above); none is in progress.
-    let got = moto.contents("lake");
+    let got = contents(&moto, "lake");
     assert!(got["rows"].as_u64().unwrap_or(0) >= 100, "{got}");
 }

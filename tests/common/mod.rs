@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod jwt;
+pub mod objstore;
 pub mod pg;
 pub mod raw;
 pub mod tls;

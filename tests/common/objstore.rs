@@ -1,0 +1,193 @@
+//! Real object-store emulators for the `--parquet-url` tests, started on free ports and killed on
+//! drop: moto's S3 server (PyPI `moto[server]`, in target/pyenv) and Azurite (npm, in
+//! target/azurite), both installed by scripts/test. Each has `py`, which runs Python from
+//! target/pyenv with clients the project did not write (pyarrow's filesystems, boto3) bound to
+//! that server and returns what the code printed as JSON.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{free_addrs, wait_for};
+
+/// Azurite's documented development account key (public, the same in every Azurite).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A program in target/pyenv/bin, with the fix named when it is missing.
+pub fn pyenv(bin: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/pyenv/bin")
+        .join(bin);
+    assert!(
+        p.exists(),
+        "{} is missing. Fix: scripts/test builds target/pyenv from tests/python/requirements.txt",
+        p.display()
+    );
+    p
+}
+
+/// Runs `prelude` then `code` in target/pyenv's Python and parses its stdout as JSON.
+///
+/// The program ends with `os._exit(0)` once its output is flushed: pyarrow's thread pools can
+/// abort the interpreter at exit ("terminate called without an active exception",
+/// apache/arrow#34314) after the work is done, which made a passing check fail at random in CI.
+/// An exception in `code` still exits non-zero with its traceback, before that line.
+pub fn run_py(prelude: &str, code: &str) -> Value {
+    let program = format!("{prelude}{code}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n");
+    let out = Command::new(pyenv("python"))
+        .arg("-c")
+        .arg(program)
+        .output()
+        .expect("run python (target/pyenv, built by scripts/test)");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// moto's S3 server, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    /// On a free port.
+    pub fn start() -> Moto {
+        let [addr] = free_addrs::<1>();
+        Moto::start_on(addr.port())
+    }
+
+    /// On `port` (a restart on the same port brings "the store" back after an outage).
+    pub fn start_on(port: u16) -> Moto {
+        let child = Command::new(pyenv("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        wait_for("moto listening", Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Moto { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Python with `s3` (pyarrow S3FileSystem), `boto` (boto3 client), `pq`, `pa`, `io`, `json`.
+    pub fn py(&self, code: &str) -> Value {
+        let prelude = format!(
+            "import json, io, boto3, pyarrow as pa, pyarrow.fs as pafs, pyarrow.parquet as pq, pyarrow.dataset as ds\n\
+             s3 = pafs.S3FileSystem(access_key='test', secret_key='test', region='us-east-1', \
+             scheme='http', endpoint_override='127.0.0.1:{port}')\n\
+             boto = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', \
+             aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n",
+            port = self.port
+        );
+        run_py(&prelude, code)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        self.py(&format!(
+            "boto.create_bucket(Bucket='{name}')\nprint('null')"
+        ));
+    }
+
+    /// The environment a collector uses to reach this server, with `secret` as the secret key.
+    pub fn env(&self, secret: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", secret.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Azurite's blob service on a free port, killed on drop.
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/azurite/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing. Fix: scripts/test installs azurite there (npm install in target/azurite)",
+            bin.display()
+        );
+        let [addr] = free_addrs::<1>();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort"])
+            .arg(addr.port().to_string())
+            .arg("--location")
+            .arg(dir.path())
+            .args(["--skipApiVersionCheck", "--loose", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        wait_for("azurite listening", Duration::from_secs(30), || {
+            TcpStream::connect(addr).is_ok()
+        });
+        Azurite {
+            child,
+            port: addr.port(),
+            _dir: dir,
+        }
+    }
+
+    /// Python with `az` (pyarrow AzureFileSystem on this Azurite), `pq`, `pa`, `json`.
+    pub fn py(&self, code: &str) -> Value {
+        let prelude = format!(
+            "import json, pyarrow as pa, pyarrow.fs as pafs, pyarrow.parquet as pq\n\
+             az = pafs.AzureFileSystem(account_name='devstoreaccount1', account_key='{AZURITE_KEY}', \
+             blob_storage_authority='127.0.0.1:{port}', dfs_storage_authority='127.0.0.1:{port}', \
+             blob_storage_scheme='http', dfs_storage_scheme='http')\n",
+            port = self.port
+        );
+        run_py(&prelude, code)
+    }
+
+    /// The environment a collector uses to reach this Azurite with account key `key`.
+    pub fn env(&self, key: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+            (
+                "AZURITE_BLOB_STORAGE_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1".into()),
+            ("AZURE_STORAGE_ACCOUNT_KEY", key.into()),
+        ]
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
