@@ -55,8 +55,11 @@ impl StreamContext {
             node_id: traffic::text(&node.id),
             log_name: traffic::text(&id.log_name),
             mesh_cluster: traffic::text(&node.cluster),
-            node_id_raw: node.id,
-            log_name_raw: id.log_name.clone(),
+            // Copied, not sliced: a zero-copy `Bytes` would pin the whole first frame's receive
+            // buffer (tens of KiB) for the stream's life, which at 4,000 mostly idle streams is
+            // most of the collector's memory.
+            node_id_raw: Bytes::copy_from_slice(&node.id),
+            log_name_raw: Bytes::copy_from_slice(&id.log_name),
             start_time_clamped: Default::default(),
         }
     }
