@@ -133,33 +133,38 @@ impl PgDigests {
         Ok(head)
     }
 
-    /// Inserts the digest of the rows this batch inserted (`inserted`: their record_ids), in the
-    /// caller's open transaction. Nothing is written when the batch inserted nothing.
+    /// Inserts the digest of the rows this batch inserted (`inserted`: their record_ids, or
+    /// `None` when every prepared row was inserted), in the caller's open transaction. Nothing
+    /// is written when the batch inserted nothing.
     pub async fn append(
         &mut self,
         conn: &mut PgConnection,
         prepared: &Prepared<'_>,
-        inserted: Vec<String>,
+        inserted: Option<Vec<String>>,
     ) -> Result<(), PgError> {
-        if inserted.is_empty() {
+        let all = match &inserted {
+            None => !prepared.rows.is_empty(),
+            Some(ids) if ids.is_empty() => return Ok(()),
+            Some(ids) => ids.len() == prepared.rows.len(),
+        };
+        if prepared.rows.is_empty() {
             return Ok(());
         }
-        let mut entries: Vec<(std::borrow::Cow<'_, str>, Option<i64>, &Hash)> =
-            if inserted.len() == prepared.rows.len() {
-                prepared
-                    .rows
-                    .iter()
-                    .map(|(r, h)| (stored_text(&r.record_id), r.start_time, h))
-                    .collect()
-            } else {
-                let set: HashSet<String> = inserted.into_iter().collect();
-                prepared
-                    .rows
-                    .iter()
-                    .map(|(r, h)| (stored_text(&r.record_id), r.start_time, h))
-                    .filter(|(id, _, _)| set.contains(id.as_ref()))
-                    .collect()
-            };
+        let mut entries: Vec<(std::borrow::Cow<'_, str>, Option<i64>, &Hash)> = if all {
+            prepared
+                .rows
+                .iter()
+                .map(|(r, h)| (stored_text(&r.record_id), r.start_time, h))
+                .collect()
+        } else {
+            let set: HashSet<String> = inserted.into_iter().flatten().collect();
+            prepared
+                .rows
+                .iter()
+                .map(|(r, h)| (stored_text(&r.record_id), r.start_time, h))
+                .filter(|(id, _, _)| set.contains(id.as_ref()))
+                .collect()
+        };
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let index = index_bytes(entries.iter().map(|(id, t, h)| IndexEntry {
             record_id: id,

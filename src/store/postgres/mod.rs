@@ -1,9 +1,11 @@
 //! The Postgres sink: batches of spooled records into `audit_records`, exactly once.
 //!
-//! Each batch is one transaction: binary COPY into a per-connection temporary staging table,
-//! then `INSERT ... SELECT ... ON CONFLICT (record_id, start_time) DO NOTHING`. COPY is the
-//! fastest way in; the staging step makes it idempotent, so a batch replayed after a crash or
-//! an outage, or an entry a client sent twice, never duplicates a row. A failed batch is rolled
+//! Each batch is one transaction. First a binary COPY straight into `audit_records` under a
+//! savepoint: COPY is the fastest way in, and a batch is new unless it is replayed. If the
+//! server refuses it (a row is already stored), back to the savepoint and the idempotent path:
+//! COPY into a per-connection temporary staging table, then `INSERT ... SELECT ... ON CONFLICT
+//! (record_id, start_time) DO NOTHING`, so a batch replayed after a crash or an outage, or an
+//! entry a client sent twice, never duplicates a row. A failed batch is rolled
 //! back whole and retried by the pipeline; nothing is acknowledged to the spool before COMMIT.
 //!
 //! The partition of every day in a batch is created before the COPY (and days ahead on a
@@ -214,10 +216,8 @@ pub struct PostgresSink {
     known_days: HashSet<i64>,
     next_maintenance: Instant,
     buf: Vec<u8>,
-    copy_sql: String,
-    insert_sql: String,
-    /// `insert_sql` returning the inserted record_ids, for the batch digest.
-    insert_returning_sql: String,
+    /// The write path's statements (taken out while a batch is written).
+    sql: Sql,
     /// The batch digests (docs/tamper-evidence.md); None only in tests and benchmarks.
     digests: Option<PgDigests>,
     metrics: Arc<StoreMetrics>,
@@ -260,9 +260,12 @@ impl PostgresSink {
             known_days: HashSet::new(),
             next_maintenance: Instant::now(),
             buf: Vec::new(),
-            copy_sql: format!("COPY {STAGING} ({cols}) FROM STDIN WITH (FORMAT binary)"),
-            insert_returning_sql: format!("{insert_sql} RETURNING record_id"),
-            insert_sql,
+            sql: Sql {
+                direct_copy: format!("COPY audit_records ({cols}) FROM STDIN WITH (FORMAT binary)"),
+                staging_copy: format!("COPY {STAGING} ({cols}) FROM STDIN WITH (FORMAT binary)"),
+                insert_returning: format!("{insert_sql} RETURNING record_id"),
+                insert: insert_sql,
+            },
             digests,
             metrics,
         };
@@ -444,22 +447,15 @@ impl PostgresSink {
             }
         };
         copy::trailer(&mut buf);
-        let copy_sql = std::mem::take(&mut self.copy_sql);
-        let insert_sql = std::mem::take(&mut self.insert_sql);
-        let returning_sql = std::mem::take(&mut self.insert_returning_sql);
+        let sql = std::mem::take(&mut self.sql);
         let conn = self.conn().await;
         let result = match (conn, &mut digests, &prepared) {
-            (Ok(conn), Some(d), Some(p)) => {
-                let returning = (returning_sql.as_str(), d, p);
-                copy_and_insert(conn, &copy_sql, &insert_sql, &buf, Some(returning)).await
-            }
-            (Ok(conn), _, _) => copy_and_insert(conn, &copy_sql, &insert_sql, &buf, None).await,
+            (Ok(conn), Some(d), Some(p)) => copy_and_insert(conn, &sql, &buf, Some((d, p))).await,
+            (Ok(conn), _, _) => copy_and_insert(conn, &sql, &buf, None).await,
             (Err(e), _, _) => Err(e),
         };
         self.digests = digests;
-        self.insert_returning_sql = returning_sql;
-        self.copy_sql = copy_sql;
-        self.insert_sql = insert_sql;
+        self.sql = sql;
         self.buf = buf;
         let inserted = result?;
         let w = Written {
@@ -503,21 +499,48 @@ impl PostgresSink {
     }
 }
 
-/// COPY into staging, INSERT into audit_records, and (with `digest`: the INSERT ... RETURNING
-/// statement, the chain, the batch) the batch's digest; one transaction.
+/// One transaction: first the optimistic path, a binary COPY straight into audit_records under
+/// a savepoint (a batch is new unless it is replayed after a crash or an outage, or repeats an
+/// entry); if the server refuses it (a row already stored: unique violation, or any other
+/// database error), back to the savepoint and the idempotent path: COPY into staging, INSERT
+/// ... ON CONFLICT DO NOTHING (with `digest`: RETURNING the ids it inserted). Either way the
+/// batch's digest (`digest`: the INSERT ... RETURNING statement, the chain, the batch) is
+/// written in the same transaction. A data error of the staging path is what reject.rs splits.
 async fn copy_and_insert(
     conn: &mut PgConnection,
-    copy_sql: &str,
-    insert_sql: &str,
+    sql: &Sql,
     data: &[u8],
-    digest: Option<(&str, &mut PgDigests, &Prepared<'_>)>,
+    digest: Option<(&mut PgDigests, &Prepared<'_>)>,
 ) -> Result<u64, PgError> {
     let mut tx = conn
         .begin()
         .await
         .map_err(|e| classify(e, "starting a transaction"))?;
+    sqlx::query(AssertSqlSafe(SAVEPOINT))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify(e, "setting a savepoint"))?;
+    match copy_direct(&mut tx, &sql.direct_copy, data).await {
+        Ok(rows) => {
+            if let Some((digests, prepared)) = digest {
+                digests.append(&mut tx, prepared, None).await?;
+            }
+            tx.commit().await.map_err(|e| classify(e, "committing"))?;
+            return Ok(rows);
+        }
+        // The server refused the rows (most often: some are already stored); the connection
+        // is sound and the transaction goes on from the savepoint.
+        Err(sqlx::Error::Database(db)) => {
+            debug!(sqlstate = ?db.code(), "direct COPY refused; inserting through staging");
+            sqlx::query(AssertSqlSafe(ROLLBACK_TO_SAVEPOINT))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify(e, "rolling back to the savepoint"))?;
+        }
+        Err(e) => return Err(classify(e, "copying into audit_records")),
+    }
     let mut copy = tx
-        .copy_in_raw(copy_sql)
+        .copy_in_raw(&sql.staging_copy)
         .await
         .map_err(|e| classify(e, "starting COPY"))?;
     copy.send(data)
@@ -527,23 +550,51 @@ async fn copy_and_insert(
         .await
         .map_err(|e| classify(e, "finishing COPY"))?;
     let inserted = match digest {
-        None => sqlx::query(AssertSqlSafe(insert_sql))
+        None => sqlx::query(AssertSqlSafe(sql.insert.as_str()))
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(e, "inserting from staging"))?
             .rows_affected(),
-        Some((returning_sql, digests, prepared)) => {
-            let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(returning_sql))
+        Some((digests, prepared)) => {
+            let ids: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.insert_returning.as_str()))
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(|e| classify(e, "inserting from staging"))?;
             let n = ids.len() as u64;
-            digests.append(&mut tx, prepared, ids).await?;
+            digests.append(&mut tx, prepared, Some(ids)).await?;
             n
         }
     };
     tx.commit().await.map_err(|e| classify(e, "committing"))?;
     Ok(inserted)
+}
+
+const SAVEPOINT: &str = "SAVEPOINT meshaudit_direct";
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT meshaudit_direct";
+
+/// The direct COPY; its server-side refusal is returned as is for [`copy_and_insert`] to tell
+/// from a connection failure.
+async fn copy_direct(
+    conn: &mut PgConnection,
+    copy_sql: &str,
+    data: &[u8],
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn.copy_in_raw(copy_sql).await?;
+    copy.send(data).await?;
+    copy.finish().await
+}
+
+/// The statements of the write path, built once per sink.
+#[derive(Debug, Default)]
+struct Sql {
+    /// COPY straight into audit_records (the optimistic path).
+    direct_copy: String,
+    /// COPY into the connection's staging table (the idempotent path).
+    staging_copy: String,
+    /// INSERT from staging ... ON CONFLICT DO NOTHING.
+    insert: String,
+    /// The same, RETURNING record_id (for the digest of what was inserted).
+    insert_returning: String,
 }
 
 /// Raw COPY of `records` straight into `table` (no staging, no conflict handling): the
