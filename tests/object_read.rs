@@ -8,13 +8,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::pg::PgCluster;
 use common::objstore::{Azurite, Moto, AZURITE_KEY};
+use common::pg::PgCluster;
 use common::*;
 use serde_json::{json, Value};
 
