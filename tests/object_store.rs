@@ -428,13 +428,17 @@ fn s3_throttling_503_slowdown_for_half_a_minute_under_load_loses_nothing() {
 }
 
 #[test]
-fn azure_throttling_429_under_load_then_back_loses_nothing() {
+fn azure_throttling_429_from_start_up_and_under_load_then_back_loses_nothing() {
     let az = Azurite::start();
     az.py("az.create_dir('lake')\nprint('null')");
     let proxy = FaultProxy::start(az.port);
     let dir = tempfile::tempdir().expect("tempdir");
     let env_owned = via(&proxy, az.env(AZURITE_KEY));
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Throttling from before the start: the start-up write check is answered 429 after the
+    // client's retries; that is no configuration error, so the collector starts (ready) and
+    // says so, instead of crash-looping through the episode.
+    proxy.set("429");
     let c = Collector::start_with_env(
         dir.path(),
         &[
@@ -445,7 +449,14 @@ fn azure_throttling_429_under_load_then_back_loses_nothing() {
         ],
         &env,
     );
-    proxy.set("429");
+    assert!(
+        c.output()
+            .contains("refused the start-up write check for now")
+            && proxy.count("429") >= 6,
+        "{}\n{}",
+        c.output(),
+        proxy.state()
+    );
     let mut sent = 0u64;
     for round in 0..4u32 {
         send(&c, vec![http_stream(10_000 * round, 4, 25)]);

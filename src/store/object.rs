@@ -26,7 +26,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
 use thiserror::Error;
 use tokio::runtime::Handle;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::layout;
 
@@ -77,6 +77,18 @@ pub(crate) fn redact(text: &str) -> String {
         .join(" ")
 }
 
+/// The HTTP status of a store error that says "later" (429 or 5xx), from its text.
+///
+/// object_store does not export its request error (`client::retry::RetryError` is crate
+/// private), only its text: "... Server returned non-2xx status code: 503 Service Unavailable:
+/// ...". tests/object_store.rs starts a collector behind a proxy answering 429, which fails if
+/// that text changes.
+fn throttled_status(text: &str) -> Option<u16> {
+    let (_, rest) = text.split_once("status code: ")?;
+    let status: u16 = rest.get(..3)?.parse().ok()?;
+    (status == 429 || (500..600).contains(&status)).then_some(status)
+}
+
 /// The URL as it may be shown: scheme, host and path only.
 fn shown(url: &url::Url) -> String {
     let mut u = url.clone();
@@ -122,17 +134,31 @@ impl ObjectTarget {
 
     /// Start-up check: a PUT of a small object under `_meshaudit/`, so wrong credentials or a
     /// missing container fail now, naming the setting (PUT alone: write-only roles pass).
+    ///
+    /// A store that answers but throttles or fails on its side (429, 5xx, after the client's
+    /// retries) is not a configuration error: the collector starts, says so, and its uploads
+    /// are retried with back-off while the spool holds the records (a restart in the middle
+    /// of a throttling episode would otherwise crash-loop). Any other failure (401/403, a
+    /// missing bucket, no connection at all, e.g. a wrong endpoint) stops the start.
     pub async fn check_writable(&self) -> Result<(), ObjectError> {
         let loc = self.location("_meshaudit/write-check");
-        self.store
+        let Err(e) = self
+            .store
             .put(&loc, PutPayload::from_static(b"meshaudit write check\n"))
             .await
-            .map(|_| ())
-            .map_err(|e| ObjectError::NotWritable {
-                url: self.shown.clone(),
-                creds: self.creds,
-                reason: redact(&e.to_string()),
-            })
+        else {
+            return Ok(());
+        };
+        let reason = redact(&e.to_string());
+        if let Some(status) = throttled_status(&reason) {
+            warn!(parquet_url = %self.shown, status, error = %reason, "the store refused the start-up write check for now (throttling or a server error); starting anyway: uploads are retried with back-off while the spool holds the records");
+            return Ok(());
+        }
+        Err(ObjectError::NotWritable {
+            url: self.shown.clone(),
+            creds: self.creds,
+            reason,
+        })
     }
 
     /// Uploads every finished data file under `data_dir` (then deletes it locally) and every
@@ -314,6 +340,29 @@ pub fn open(raw: &str) -> Result<OpenedStore, ObjectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttling_and_server_errors_are_told_apart_from_configuration_errors() {
+        let text = |status: &str| {
+            format!("Generic S3 error: Error performing PUT http://127.0.0.1:1/lake/audit/_meshaudit/write-check in 9s, after 5 retries, max_retries: 5, retry_timeout: 30s  - Server returned non-2xx status code: {status}: <Error><Code>X</Code></Error>")
+        };
+        assert_eq!(
+            throttled_status(&text("503 Service Unavailable")),
+            Some(503)
+        );
+        assert_eq!(throttled_status(&text("429 Too Many Requests")), Some(429));
+        assert_eq!(
+            throttled_status(&text("500 Internal Server Error")),
+            Some(500)
+        );
+        assert_eq!(throttled_status(&text("403 Forbidden")), None);
+        assert_eq!(throttled_status(&text("404 Not Found")), None);
+        assert_eq!(throttled_status(&text("400 Bad Request")), None);
+        assert_eq!(
+            throttled_status("Generic S3 error: Error performing PUT http://127.0.0.1:1/x in 9s - error sending request: Connection refused"),
+            None
+        );
+    }
 
     #[test]
     fn urls_and_errors_never_show_a_sas_token_or_key() {
