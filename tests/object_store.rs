@@ -513,7 +513,8 @@ fn kill_9_during_an_upload_leaves_no_partial_object_and_a_restart_delivers_every
         let s = proxy.state();
         s["inflight"]["path"]
             .as_str()
-            .is_some_and(|p| p.ends_with(".parquet"))
+            // Without the query: a multipart part is `KEY?partNumber=..&uploadId=..`.
+            .is_some_and(|p| p.split('?').next().is_some_and(|k| k.ends_with(".parquet")))
             && s["inflight"]["sent"].as_u64().unwrap_or(0) > 0
     });
     let inflight = proxy.state()["inflight"].clone();
@@ -529,7 +530,7 @@ fn kill_9_during_an_upload_leaves_no_partial_object_and_a_restart_delivers_every
     // node: the store got an incomplete body, and still shows nothing.
     let check = format!(
         "import urllib.parse\n\
-         cut = urllib.parse.unquote('{path}').split('/', 2)[2]\n\
+         cut = urllib.parse.unquote('{path}'.split('?')[0]).split('/', 2)[2]\n\
          keys = [o['Key'] for p in boto.get_paginator('list_objects_v2').paginate(Bucket='lake', Prefix='audit/') for o in p.get('Contents', [])]\n\
          data = [k for k in keys if k.endswith('.parquet')]\n\
          rows = sum(pq.read_table(io.BytesIO(boto.get_object(Bucket='lake', Key=k)['Body'].read())).num_rows for k in data)\n\
