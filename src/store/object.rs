@@ -26,7 +26,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
 use thiserror::Error;
 use tokio::runtime::Handle;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::layout;
 
@@ -77,6 +77,18 @@ pub(crate) fn redact(text: &str) -> String {
         .join(" ")
 }
 
+/// The HTTP status of a store error that says "later" (429 or 5xx), from its text.
+///
+/// object_store does not export its request error (`client::retry::RetryError` is crate
+/// private), only its text: "... Server returned non-2xx status code: 503 Service Unavailable:
+/// ...". tests/object_store.rs starts a collector behind a proxy answering 429, which fails if
+/// that text changes.
+fn throttled_status(text: &str) -> Option<u16> {
+    let (_, rest) = text.split_once("status code: ")?;
+    let status: u16 = rest.get(..3)?.parse().ok()?;
+    (status == 429 || (500..600).contains(&status)).then_some(status)
+}
+
 /// The URL as it may be shown: scheme, host and path only.
 fn shown(url: &url::Url) -> String {
     let mut u = url.clone();
@@ -122,17 +134,31 @@ impl ObjectTarget {
 
     /// Start-up check: a PUT of a small object under `_meshaudit/`, so wrong credentials or a
     /// missing container fail now, naming the setting (PUT alone: write-only roles pass).
+    ///
+    /// A store that answers but throttles or fails on its side (429, 5xx, after the client's
+    /// retries) is not a configuration error: the collector starts, says so, and its uploads
+    /// are retried with back-off while the spool holds the records (a restart in the middle
+    /// of a throttling episode would otherwise crash-loop). Any other failure (401/403, a
+    /// missing bucket, no connection at all, e.g. a wrong endpoint) stops the start.
     pub async fn check_writable(&self) -> Result<(), ObjectError> {
         let loc = self.location("_meshaudit/write-check");
-        self.store
+        let Err(e) = self
+            .store
             .put(&loc, PutPayload::from_static(b"meshaudit write check\n"))
             .await
-            .map(|_| ())
-            .map_err(|e| ObjectError::NotWritable {
-                url: self.shown.clone(),
-                creds: self.creds,
-                reason: redact(&e.to_string()),
-            })
+        else {
+            return Ok(());
+        };
+        let reason = redact(&e.to_string());
+        if let Some(status) = throttled_status(&reason) {
+            warn!(parquet_url = %self.shown, status, error = %reason, "the store refused the start-up write check for now (throttling or a server error); starting anyway: uploads are retried with back-off while the spool holds the records");
+            return Ok(());
+        }
+        Err(ObjectError::NotWritable {
+            url: self.shown.clone(),
+            creds: self.creds,
+            reason,
+        })
     }
 
     /// Uploads every finished data file under `data_dir` (then deletes it locally) and every
@@ -189,6 +215,53 @@ impl ObjectTarget {
     }
 }
 
+/// How one request to the store is retried inside the client, before the error reaches the
+/// pipeline (which then backs off on its own, up to `pipeline::MAX_BACKOFF`, and tries the
+/// whole sync again while the spool holds the records).
+///
+/// object_store retries 5xx answers (S3 `503 SlowDown`, Azure `503 ServerBusy`), `429 Too Many
+/// Requests`, `408`, connection errors and, for idempotent requests such as a PUT that
+/// overwrites, timeouts; with exponential back-off and full jitter (each pause random between
+/// `init_backoff` and `base` times the previous one, at most `max_backoff`). It does not read
+/// `Retry-After`. At most `MAX_RETRIES` retries and no new retry after `RETRY_TIMEOUT`, so one
+/// failing upload gives the driver its error within about `RETRY_TIMEOUT` plus one request
+/// timeout, instead of object_store's defaults (10 retries, 3 minutes) during which the
+/// Parquet driver is blocked and says nothing.
+const MAX_RETRIES: usize = 5;
+const RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const INIT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_CLIENT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: INIT_BACKOFF,
+            max_backoff: MAX_CLIENT_BACKOFF,
+            // Worst case 0.1 + 0.3 + 0.9 + 2.7 + 5 s of pauses over five retries.
+            base: 3.0,
+        },
+        max_retries: MAX_RETRIES,
+        retry_timeout: RETRY_TIMEOUT,
+    }
+}
+
+/// Client timeouts, unless the environment sets them (`{AWS,AZURE,GOOGLE}_TIMEOUT`,
+/// `..._CONNECT_TIMEOUT`, object_store's own keys, e.g. `AWS_TIMEOUT=300s`): 5 s to connect,
+/// 120 s for a whole request (a 128 MiB file, the default `--parquet-max-file-bytes`, in one
+/// PUT needs about 1.1 MB/s), so a store that accepts a connection and then stalls fails the
+/// attempt instead of holding the Parquet driver forever.
+fn client_defaults(prefix: &str) -> Vec<(object_store::ClientConfigKey, &'static str)> {
+    use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
+    [
+        (ConnectTimeout, "CONNECT_TIMEOUT", "5s"),
+        (Timeout, "TIMEOUT", "120s"),
+    ]
+    .into_iter()
+    .filter(|(_, name, _)| std::env::var_os(format!("{prefix}{name}")).is_none())
+    .map(|(key, _, value)| (key, value))
+    .collect()
+}
+
 /// A store client opened from a URL (`--parquet-url` of serve, report and verify).
 pub struct OpenedStore {
     pub store: Arc<dyn ObjectStore>,
@@ -214,35 +287,48 @@ pub fn open(raw: &str) -> Result<OpenedStore, ObjectError> {
     let (scheme, path) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
     let prefix = ObjPath::parse(path).map_err(|e| bad(e.to_string()))?;
     let (store, creds): (Arc<dyn ObjectStore>, &'static str) = match scheme {
-            ObjectStoreScheme::AmazonS3 => (
-                Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
-                        .with_url(raw)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                ),
+        ObjectStoreScheme::AmazonS3 => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(raw)
+                .with_retry(retry_config());
+            for (key, value) in client_defaults("AWS_") {
+                b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(key), value);
+            }
+            (
+                Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), AWS_REGION, AWS_ENDPOINT for S3-compatible stores",
-            ),
-            ObjectStoreScheme::MicrosoftAzure => (
-                Arc::new(
-                    object_store::azure::MicrosoftAzureBuilder::from_env()
-                        .with_url(raw)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                ),
+            )
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(raw)
+                .with_retry(retry_config());
+            for (key, value) in client_defaults("AZURE_") {
+                b = b.with_config(object_store::azure::AzureConfigKey::Client(key), value);
+            }
+            (
+                Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
                 "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY, AZURE_CLIENT_ID + AZURE_FEDERATED_TOKEN_FILE (workload identity), or a managed identity",
-            ),
-            ObjectStoreScheme::GoogleCloudStorage => (
-                Arc::new(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                        .with_url(raw)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                ),
+            )
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(raw)
+                .with_retry(retry_config());
+            for (key, value) in client_defaults("GOOGLE_") {
+                b = b.with_config(object_store::gcp::GoogleConfigKey::Client(key), value);
+            }
+            (
+                Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
                 "GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS",
-            ),
-            other => return Err(bad(format!("{other:?} is not an object store this collector writes to"))),
-        };
+            )
+        }
+        other => {
+            return Err(bad(format!(
+                "{other:?} is not an object store this collector writes to"
+            )))
+        }
+    };
     Ok(OpenedStore {
         store,
         prefix,
@@ -254,6 +340,29 @@ pub fn open(raw: &str) -> Result<OpenedStore, ObjectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttling_and_server_errors_are_told_apart_from_configuration_errors() {
+        let text = |status: &str| {
+            format!("Generic S3 error: Error performing PUT http://127.0.0.1:1/lake/audit/_meshaudit/write-check in 9s, after 5 retries, max_retries: 5, retry_timeout: 30s  - Server returned non-2xx status code: {status}: <Error><Code>X</Code></Error>")
+        };
+        assert_eq!(
+            throttled_status(&text("503 Service Unavailable")),
+            Some(503)
+        );
+        assert_eq!(throttled_status(&text("429 Too Many Requests")), Some(429));
+        assert_eq!(
+            throttled_status(&text("500 Internal Server Error")),
+            Some(500)
+        );
+        assert_eq!(throttled_status(&text("403 Forbidden")), None);
+        assert_eq!(throttled_status(&text("404 Not Found")), None);
+        assert_eq!(throttled_status(&text("400 Bad Request")), None);
+        assert_eq!(
+            throttled_status("Generic S3 error: Error performing PUT http://127.0.0.1:1/x in 9s - error sending request: Connection refused"),
+            None
+        );
+    }
 
     #[test]
     fn urls_and_errors_never_show_a_sas_token_or_key() {

@@ -24,7 +24,11 @@ use crate::telemetry::Metrics;
 
 /// How often buffered Parquet rows are encoded and old files closed.
 const TICK: Duration = Duration::from_millis(500);
-/// First back-off after a failed write; doubles up to MAX_BACKOFF.
+/// First back-off after a failed write or upload; doubles up to MAX_BACKOFF (0.5, 1, 2, ... 30 s,
+/// then every 30 s for as long as the sink fails). An object-store upload has already been
+/// retried inside the store client by then (`object::retry_config`: at most 5 retries within
+/// 30 s), so a throttling or unreachable store is tried again about every minute at worst,
+/// while the spool holds the records and `/readyz` follows the spool.
 const BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -188,6 +192,8 @@ fn run_parquet(
     sink.reset(reader.acked());
     let mut next_tick = Instant::now() + TICK;
     let mut backoff = BACKOFF;
+    // Failed object-store syncs in a row (each already retried inside the store client).
+    let mut upload_failures: u32 = 0;
     while !stop.is_cancelled() {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let step: Result<bool, ParquetError> =
@@ -231,7 +237,13 @@ fn run_parquet(
                             .sink(SinkId::Parquet)
                             .retries
                             .fetch_add(1, Relaxed);
-                        error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "parquet upload failed; the records stay in the spool and finished files wait in the data dir until the store takes them");
+                        upload_failures += 1;
+                        let lag = reader.end().saturating_sub(reader.acked());
+                        if upload_failures == 1 {
+                            error!(error = %e, spool_lag_bytes = lag, retry_in_ms = backoff.as_millis() as u64, "parquet upload failed; the records stay in the spool and finished files wait in the data dir until the store takes them");
+                        } else {
+                            warn!(error = %e, attempt = upload_failures, spool_lag_bytes = lag, retry_in_ms = backoff.as_millis() as u64, "parquet upload failed again; still retrying");
+                        }
                         let pause = backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         rt.block_on(async {
@@ -241,6 +253,13 @@ fn run_parquet(
                             }
                         });
                         continue;
+                    }
+                    if upload_failures > 0 {
+                        info!(
+                            failed_attempts = upload_failures,
+                            "parquet uploads recovered; spooled records are being delivered"
+                        );
+                        upload_failures = 0;
                     }
                     synced = Some(durable);
                 }
