@@ -7,8 +7,9 @@
 
 mod common;
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::objstore::{Azurite, Moto, AZURITE_KEY};

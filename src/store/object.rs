@@ -18,15 +18,19 @@
 //! the URL without its query and userinfo.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use object_store::{
+    MultipartUpload, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, WriteMultipart,
+};
 use thiserror::Error;
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::layout;
 
@@ -198,19 +202,24 @@ impl ObjectTarget {
         Ok(uploaded)
     }
 
+    /// Uploads one finished local file under its relative name: streamed from disk (see
+    /// [`upload_file`]), so the memory it takes is bounded by a few parts, not the file's size.
     fn put(&self, data_dir: &Path, path: &Path, rt: &Handle) -> Result<(), ObjectError> {
         let rel = layout::relative(data_dir, path);
-        let bytes = std::fs::read(path).map_err(|source| ObjectError::Local {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let loc = self.location(&rel);
-        rt.block_on(self.store.put(&loc, PutPayload::from(bytes)))
+        let span = info_span!("object_upload", object = %rel);
+        rt.block_on(upload_file(self.store.as_ref(), &loc, path, PART_BYTES).instrument(span))
             .map(|_| ())
-            .map_err(|e| ObjectError::Upload {
-                rel,
-                url: self.shown.clone(),
-                reason: redact(&e.to_string()),
+            .map_err(|e| match e {
+                UploadError::Local(source) => ObjectError::Local {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                UploadError::Store(e) => ObjectError::Upload {
+                    rel,
+                    url: self.shown.clone(),
+                    reason: redact(&e.to_string()),
+                },
             })
     }
 }
@@ -247,8 +256,8 @@ fn retry_config() -> object_store::RetryConfig {
 
 /// Client timeouts, unless the environment sets them (`{AWS,AZURE,GOOGLE}_TIMEOUT`,
 /// `..._CONNECT_TIMEOUT`, object_store's own keys, e.g. `AWS_TIMEOUT=300s`): 5 s to connect,
-/// 120 s for a whole request (a 128 MiB file, the default `--parquet-max-file-bytes`, in one
-/// PUT needs about 1.1 MB/s), so a store that accepts a connection and then stalls fails the
+/// 120 s for a whole request (one request carries at most one `PART_BYTES` part, so that
+/// allows a link as slow as ~70 KB/s), so a store that accepts a connection and then stalls fails the
 /// attempt instead of holding the Parquet driver forever.
 fn client_defaults(prefix: &str) -> Vec<(object_store::ClientConfigKey, &'static str)> {
     use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
@@ -260,6 +269,129 @@ fn client_defaults(prefix: &str) -> Vec<(object_store::ClientConfigKey, &'static
     .filter(|(_, name, _)| std::env::var_os(format!("{prefix}{name}")).is_none())
     .map(|(key, _, value)| (key, value))
     .collect()
+}
+
+/// Part size of a multipart upload. A file up to this size is one PUT; a larger one is streamed
+/// from disk in parts of this size (S3 and GCS want at least 5 MiB for every part but the last).
+pub(crate) const PART_BYTES: u64 = 8 << 20;
+
+/// Parts of one upload in flight at once. With the part being read that bounds the memory of an
+/// upload to `PARTS_IN_FLIGHT` parts (16 MiB), whatever `--parquet-max-file-bytes` is.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// S3's (and GCS's) limit of parts per upload: a file above `MAX_PARTS * PART_BYTES` (80 GiB)
+/// gets bigger parts rather than a failing upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// Why [`upload_file`] failed: reading the local file, or the store.
+#[derive(Debug, Error)]
+pub(crate) enum UploadError {
+    #[error("reading the local file: {0}")]
+    Local(std::io::Error),
+    #[error("{0}")]
+    Store(object_store::Error),
+}
+
+/// How a file went up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Uploaded {
+    /// One PUT (the file was at most one part).
+    Single,
+    /// A completed multipart upload of this many parts.
+    Multipart { parts: u64 },
+}
+
+/// Part size for a file of `len` bytes: `part_bytes`, or more when the file would need more than
+/// [`MAX_PARTS`] parts (rounded up to a whole MiB).
+fn part_size(len: u64, part_bytes: u64) -> u64 {
+    if len.div_ceil(part_bytes) <= MAX_PARTS {
+        part_bytes
+    } else {
+        len.div_ceil(MAX_PARTS).next_multiple_of(1 << 20)
+    }
+}
+
+/// Uploads the file at `path` to `loc`. Up to `part_bytes` it is read and PUT at once; a larger
+/// file is a multipart upload fed from disk one part at a time, at most [`PARTS_IN_FLIGHT`]
+/// parts in flight (the store client retries each part on its own). The object becomes visible
+/// only when the upload completes; any failure (a part refused, the local read failing, the
+/// completion refused) aborts the upload, so neither a partial object nor orphan parts remain
+/// (Azure cannot delete uncommitted blocks: they are never visible and expire after 7 days).
+pub(crate) async fn upload_file(
+    store: &dyn ObjectStore,
+    loc: &ObjPath,
+    path: &Path,
+    part_bytes: u64,
+) -> Result<Uploaded, UploadError> {
+    let mut file = std::fs::File::open(path).map_err(UploadError::Local)?;
+    let len = file.metadata().map_err(UploadError::Local)?.len();
+    if len <= part_bytes {
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes).map_err(UploadError::Local)?;
+        store
+            .put_opts(loc, PutPayload::from(bytes), Default::default())
+            .await
+            .map_err(UploadError::Store)?;
+        return Ok(Uploaded::Single);
+    }
+    let part = part_size(len, part_bytes);
+    let upload = store
+        .put_multipart_opts(loc, Default::default())
+        .await
+        .map_err(UploadError::Store)?;
+    let parts = stream_parts(upload, &mut file, len, part).await?;
+    debug!(bytes = len, parts, "multipart upload completed");
+    Ok(Uploaded::Multipart { parts })
+}
+
+/// Feeds `len` bytes of `file` into `upload` in parts of `part` bytes and completes it; aborts it
+/// on any failure. Returns the number of parts.
+async fn stream_parts(
+    upload: Box<dyn MultipartUpload>,
+    file: &mut std::fs::File,
+    len: u64,
+    part: u64,
+) -> Result<u64, UploadError> {
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, part as usize);
+    let mut left = len;
+    let mut parts = 0;
+    while left > 0 {
+        // Each read is exactly one part: WriteMultipart sends it as is, without copying.
+        let n = left.min(part);
+        // Back-pressure first, so no more than PARTS_IN_FLIGHT parts are held at once.
+        let step = match writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            Err(e) => Err(UploadError::Store(e)),
+            Ok(()) => {
+                let mut buf = vec![0; n as usize];
+                file.read_exact(&mut buf)
+                    .map(|()| buf)
+                    .map_err(UploadError::Local)
+            }
+        };
+        match step {
+            Ok(buf) => {
+                writer.put(Bytes::from(buf));
+                left -= n;
+                parts += 1;
+            }
+            Err(e) => {
+                abort(writer).await;
+                return Err(e);
+            }
+        }
+    }
+    // Sends nothing more (every read was a whole part), waits for the parts, completes; on a
+    // failure it aborts the upload itself (and returns the abort's error if that fails too).
+    writer.finish().await.map_err(UploadError::Store)?;
+    Ok(parts)
+}
+
+/// Aborts a failed multipart upload; a failure to abort is logged (the store's lifecycle rule
+/// for incomplete uploads is the backstop), the upload's own error is what the caller returns.
+async fn abort(writer: WriteMultipart) {
+    if let Err(e) = writer.abort().await {
+        warn!(error = %redact(&e.to_string()), "aborting a failed multipart upload failed; its parts stay until the store's lifecycle rule for incomplete uploads removes them");
+    }
 }
 
 /// A store client opened from a URL (`--parquet-url` of serve, report and verify).
@@ -339,6 +471,13 @@ pub fn open(raw: &str) -> Result<OpenedStore, ObjectError> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    use object_store::memory::InMemory;
+    use object_store::PutResult;
+
     use super::*;
 
     #[test]
@@ -385,5 +524,197 @@ mod tests {
             "abfss://c@a.dfs.core.windows.net/p"
         ));
         assert!(!ObjectTarget::is_object_url("/var/lib/meshaudit"));
+    }
+
+    /// A multipart upload into an in-memory store that counts the parts in flight, can refuse
+    /// one part, and records an abort.
+    #[derive(Debug)]
+    struct Probe {
+        inner: Box<dyn MultipartUpload>,
+        sent: usize,
+        refuse_part: Option<usize>,
+        in_flight: Arc<AtomicUsize>,
+        max_in_flight: Arc<AtomicUsize>,
+        aborted: Arc<AtomicBool>,
+    }
+
+    impl MultipartUpload for Probe {
+        fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+            self.sent += 1;
+            if self.refuse_part == Some(self.sent) {
+                return Box::pin(async {
+                    Err(object_store::Error::Generic {
+                        store: "probe",
+                        source: "part refused".into(),
+                    })
+                });
+            }
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, SeqCst);
+            let in_flight = Arc::clone(&self.in_flight);
+            let part = self.inner.put_part(data);
+            Box::pin(async move {
+                // A store takes its time: parts overlap as much as the writer lets them.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let r = part.await;
+                in_flight.fetch_sub(1, SeqCst);
+                r
+            })
+        }
+
+        // What #[async_trait] expands to (the crate is not a dependency of this one).
+        fn complete<'life0, 'async_trait>(
+            &'life0 mut self,
+        ) -> Pin<Box<dyn Future<Output = object_store::Result<PutResult>> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.inner.complete()
+        }
+
+        fn abort<'life0, 'async_trait>(
+            &'life0 mut self,
+        ) -> Pin<Box<dyn Future<Output = object_store::Result<()>> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            self.aborted.store(true, SeqCst);
+            self.inner.abort()
+        }
+    }
+
+    struct Run {
+        result: Result<u64, UploadError>,
+        stored: Option<Vec<u8>>,
+        max_in_flight: usize,
+        aborted: bool,
+    }
+
+    /// Streams `file` (claimed to be `len` bytes) in parts of `part` bytes into an in-memory
+    /// store through a [`Probe`]; returns what the store holds afterwards.
+    fn run(file: &Path, len: u64, part: u64, refuse_part: Option<usize>) -> Run {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = InMemory::new();
+        let loc = ObjPath::from("dt=2026-03-02/hour=10/f.parquet");
+        let (max_in_flight, aborted) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        rt.block_on(async {
+            let inner = store.put_multipart(&loc).await.expect("begin");
+            let probe = Probe {
+                inner,
+                sent: 0,
+                refuse_part,
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                max_in_flight: Arc::clone(&max_in_flight),
+                aborted: Arc::clone(&aborted),
+            };
+            let mut f = std::fs::File::open(file).expect("open");
+            let result = stream_parts(Box::new(probe), &mut f, len, part).await;
+            let stored = match store.get(&loc).await {
+                Ok(got) => Some(got.bytes().await.expect("bytes").to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("{e}"),
+            };
+            Run {
+                result,
+                stored,
+                max_in_flight: max_in_flight.load(SeqCst),
+                aborted: aborted.load(SeqCst),
+            }
+        })
+    }
+
+    fn file_of(len: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.parquet");
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        (dir, path, bytes)
+    }
+
+    #[test]
+    fn a_file_streams_in_parts_with_at_most_two_in_flight_and_lands_whole() {
+        let (_dir, path, bytes) = file_of(10 * 1000 + 123);
+        let r = run(&path, bytes.len() as u64, 1000, None);
+        assert_eq!(r.result.expect("uploaded"), 11);
+        assert_eq!(
+            r.stored.as_deref(),
+            Some(&bytes[..]),
+            "the object is the file"
+        );
+        assert_eq!(r.max_in_flight, PARTS_IN_FLIGHT, "parts overlap, bounded");
+        assert!(!r.aborted);
+    }
+
+    #[test]
+    fn a_refused_part_aborts_the_upload_and_leaves_no_object() {
+        let (_dir, path, bytes) = file_of(10 * 1000);
+        let r = run(&path, bytes.len() as u64, 1000, Some(3));
+        assert!(
+            matches!(r.result, Err(UploadError::Store(_))),
+            "{:?}",
+            r.result.err()
+        );
+        assert!(r.aborted, "the upload is aborted");
+        assert_eq!(r.stored, None, "nothing under the final name");
+    }
+
+    #[test]
+    fn a_local_read_failing_midway_aborts_the_upload_and_leaves_no_object() {
+        // The file ends 500 bytes before the length the upload was planned for.
+        let (_dir, path, bytes) = file_of(5 * 1000);
+        let r = run(&path, bytes.len() as u64 + 500, 1000, None);
+        assert!(
+            matches!(r.result, Err(UploadError::Local(_))),
+            "{:?}",
+            r.result.err()
+        );
+        assert!(r.aborted, "the upload is aborted");
+        assert_eq!(r.stored, None, "nothing under the final name");
+    }
+
+    #[test]
+    fn small_files_are_one_put_and_huge_ones_get_bigger_parts_not_too_many() {
+        let (_dir, path, bytes) = file_of(3000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = InMemory::new();
+        let loc = ObjPath::from("a/b.parquet");
+        let how = rt
+            .block_on(upload_file(&store, &loc, &path, 3000))
+            .expect("put");
+        assert_eq!(how, Uploaded::Single);
+        let how = rt
+            .block_on(upload_file(
+                &store,
+                &ObjPath::from("a/c.parquet"),
+                &path,
+                1000,
+            ))
+            .expect("multipart");
+        assert_eq!(how, Uploaded::Multipart { parts: 3 });
+        for name in ["a/b.parquet", "a/c.parquet"] {
+            let got = rt
+                .block_on(async { store.get(&ObjPath::from(name)).await?.bytes().await })
+                .expect("get");
+            assert_eq!(&got[..], &bytes[..], "{name}");
+        }
+        assert_eq!(part_size(128 << 20, PART_BYTES), PART_BYTES);
+        let huge = 100 << 30; // 100 GiB: 8 MiB parts would be 12,800 of them
+        let p = part_size(huge, PART_BYTES);
+        assert!(
+            p > PART_BYTES && huge.div_ceil(p) <= MAX_PARTS && p.is_multiple_of(1 << 20),
+            "{p}"
+        );
     }
 }

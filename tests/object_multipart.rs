@@ -1,0 +1,551 @@
+//! Multipart uploads of Parquet files to object storage (issue 14): a file larger than one part
+//! (8 MiB) is streamed from disk as a multipart upload instead of being read whole into memory,
+//! against real emulators on free ports: moto's S3 server and Azurite, each behind a small HTTP
+//! proxy written here that records every request and can refuse them. Proven from outside the
+//! collector: the S3 object's ETag carries the multipart `-N` suffix, Azurite received several
+//! Put Block requests and one Put Block List, pyarrow reads every record back; a part refused
+//! in the middle of an upload leaves no object under the final name and no multipart upload in
+//! progress (boto3 `list_multipart_uploads`) after the abort, and the retry lands everything.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::objstore::{Azurite, Moto, AZURITE_KEY};
+use common::*;
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
+use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
+use serde_json::Value;
+
+/// Bytes of noise in each record's user agent: zstd leaves ~3 KiB of each, so 6,000 records
+/// are ~18 MiB of Parquet.
+const NOISE: usize = 4096;
+/// Files close at this size (of compressed pages, as the writer counts), not by age: 12 MiB
+/// is two 8 MiB parts.
+const FILE_BYTES: &str = "12582912";
+
+/// `messages` messages of 100 HTTP entries numbered from `base`, each with [`NOISE`] bytes of
+/// incompressible user agent.
+fn big_stream(base: u32, messages: u32) -> Vec<StreamAccessLogsMessage> {
+    let mut msgs = http_stream(base, messages, 100);
+    for m in &mut msgs {
+        if let Some(LogEntries::HttpLogs(h)) = &mut m.log_entries {
+            for e in &mut h.log_entry {
+                let req = e.request.as_mut().expect("request");
+                req.user_agent = noise(&req.request_id);
+            }
+        }
+    }
+    msgs
+}
+
+/// [`NOISE`] pseudo-random alphanumeric characters seeded by `seed` (xorshift64*).
+fn noise(seed: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = seed.bytes().fold(0x9E37_79B9_7F4A_7C15_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    }) | 1;
+    (0..NOISE)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            char::from(ALPHABET[(r >> 58) as usize % ALPHABET.len()])
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A recording, fault-injecting HTTP/1.1 proxy in front of an emulator.
+
+/// One request the proxy saw: method, request target, the status the client got.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    status: u16,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    seen: Vec<Seen>,
+    /// Armed: the first part upload passes, then every request but DELETE (the abort) is
+    /// refused with 403, as a store whose permission or credentials went away mid-upload.
+    armed: bool,
+    part_passed: bool,
+    /// The passed part has been answered by the store.
+    part_stored: bool,
+}
+
+/// Forwards each request on a fresh upstream connection (`Connection: close` both ways, so
+/// the client never reuses one), byte for byte otherwise: signatures stay valid.
+struct Proxy {
+    port: u16,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+fn is_part(method: &str, target: &str) -> bool {
+    method == "PUT" && (target.contains("partNumber=") || target.contains("comp=block&"))
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let st = Arc::clone(&state);
+        // Runs until the test process ends (the emulator behind it is gone by then).
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let st = Arc::clone(&st);
+                std::thread::spawn(move || {
+                    let _ = forward(client, upstream, &st);
+                });
+            }
+        });
+        Proxy { port, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn arm(&self, on: bool) {
+        let mut s = self.state.lock().expect("proxy state");
+        s.armed = on;
+        s.part_passed = false;
+        s.part_stored = false;
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.lock().expect("proxy state").seen.clone()
+    }
+}
+
+fn forward(client: TcpStream, upstream: u16, st: &Mutex<ProxyState>) -> std::io::Result<()> {
+    let mut from_client = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if from_client.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let end = line == "\r\n";
+        head.push(line);
+        if end {
+            break;
+        }
+    }
+    let mut words = head[0].split_whitespace();
+    let method = words.next().unwrap_or_default().to_owned();
+    let target = words.next().unwrap_or_default().to_owned();
+    let header = |name: &str| {
+        head.iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    assert!(
+        header("transfer-encoding").is_none(),
+        "the proxy handles Content-Length bodies only: {head:?}"
+    );
+    let len: usize = header("content-length")
+        .map(|v| v.parse().expect("content-length"))
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    from_client.read_exact(&mut body)?;
+
+    // Armed: the first part to arrive passes, the rest waits until the store has answered it
+    // (so a part really is stored when the upload fails), then is refused.
+    let (refuse, passing_part) = {
+        let mut s = st.lock().expect("proxy state");
+        let refuse = s.armed && s.part_passed && method != "DELETE";
+        let passing_part = s.armed && !refuse && is_part(&method, &target);
+        if passing_part {
+            s.part_passed = true;
+        }
+        (refuse, passing_part)
+    };
+    let record = |status: u16| {
+        let mut s = st.lock().expect("proxy state");
+        if passing_part {
+            s.part_stored = true;
+        }
+        s.seen.push(Seen {
+            method: method.clone(),
+            target: target.clone(),
+            status,
+        });
+    };
+    if refuse {
+        wait_until("the passed part stored", Duration::from_secs(60), || {
+            st.lock().expect("proxy state").part_stored
+        });
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>\
+                   <Message>refused by the test's fault proxy</Message></Error>";
+        record(403);
+        write!(
+            client,
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{xml}",
+            xml.len()
+        )?;
+    } else {
+        let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+        let mut out = Vec::with_capacity(len + 1024);
+        for l in &head[..head.len() - 1] {
+            if !l.to_ascii_lowercase().starts_with("connection:") {
+                out.extend_from_slice(l.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        out.extend_from_slice(&body);
+        up.write_all(&out)?;
+        let mut from_up = BufReader::new(up);
+        let mut status_line = String::new();
+        from_up.read_line(&mut status_line)?;
+        // What the store answered, even if the client has gone meanwhile (an aborted upload
+        // cancels its parts in flight).
+        record(
+            status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        );
+        client.write_all(status_line.as_bytes())?;
+        loop {
+            let mut line = String::new();
+            if from_up.read_line(&mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+            if !line.to_ascii_lowercase().starts_with("connection:") {
+                client.write_all(line.as_bytes())?;
+            }
+        }
+        client.write_all(b"Connection: close\r\n\r\n")?;
+        // The upstream closes after its response: copy the body, whatever its framing.
+        std::io::copy(&mut from_up, &mut client)?;
+    }
+    client.flush()?;
+    client.shutdown(Shutdown::Both)
+}
+
+/// The `uploadId` query value of a request target.
+fn upload_id(target: &str) -> Option<&str> {
+    target
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("uploadId="))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Waits up to 120 s for `cond`; on a timeout panics with what `show` says.
+fn wait_or_show(what: &str, mut cond: impl FnMut() -> bool, show: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 120 s waiting for {what}:\n{}",
+            show()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The local files with sizes, the proxy's log and the collector's output.
+fn diagnose(c: &Collector, proxy: &Proxy, dir: &Path) -> String {
+    let files: Vec<String> = all_files(dir)
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p.display(),
+                p.metadata().map(|m| m.len()).unwrap_or(0)
+            )
+        })
+        .collect();
+    let seen: Vec<String> = proxy
+        .seen()
+        .iter()
+        .map(|s| format!("{} {} {}", s.method, s.target, s.status))
+        .collect();
+    format!(
+        "local files:\n{}\nproxy:\n{}\ncollector:\n{}",
+        files.join("\n"),
+        seen.join("\n"),
+        c.output()
+    )
+}
+
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
+/// Every data object under `lake/audit/`: key, ETag, rows, distinct record ids; and the
+/// multipart uploads in progress in the bucket.
+fn s3_state(m: &Moto) -> Value {
+    m.py(
+        "keys = [o['Key'] for p in boto.get_paginator('list_objects_v2').paginate(Bucket='lake', Prefix='audit/') for o in p.get('Contents', []) if o['Key'].endswith('.parquet')]\n\
+         objs = {}\n\
+         ids = set()\n\
+         rows = 0\n\
+         for k in keys:\n    \
+             col = pq.read_table('lake/' + k, filesystem=s3).column('record_id').to_pylist()\n    \
+             rows += len(col)\n    \
+             ids.update(col)\n    \
+             objs[k] = boto.head_object(Bucket='lake', Key=k)['ETag'].strip('\"')\n\
+         uploads = boto.list_multipart_uploads(Bucket='lake').get('Uploads', [])\n\
+         print(json.dumps({'objects': objs, 'rows': rows, 'ids': len(ids), \
+         'uploads': [u['Key'] + ' ' + u['UploadId'] for u in uploads]}))",
+    )
+}
+
+/// The number of parts in a multipart ETag (`md5-N`); 0 for a single PUT's.
+fn etag_parts(etag: &str) -> u64 {
+    etag.rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_until_the_retry() {
+    let moto = Moto::start();
+    moto.create_bucket("lake");
+    let proxy = Proxy::start(moto.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env_owned = moto.env("test");
+    env_owned.retain(|(k, _)| *k != "AWS_ENDPOINT");
+    env_owned.push(("AWS_ENDPOINT", proxy.url()));
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = Collector::start_with_env(
+        dir.path(),
+        &[
+            "--parquet-url",
+            "s3://lake/audit",
+            "--parquet-max-file-bytes",
+            FILE_BYTES,
+            "--parquet-max-file-age-secs",
+            "600",
+        ],
+        &env,
+    );
+
+    // 6,000 records (~18 MiB): one file closes at 12 MiB and goes up in parts.
+    send(&c, vec![big_stream(0, 60)]);
+    wait_or_show(
+        "a data object in S3",
+        || {
+            !s3_state(&moto)["objects"]
+                .as_object()
+                .expect("objects")
+                .is_empty()
+        },
+        || diagnose(&c, &proxy, dir.path()),
+    );
+    let first = s3_state(&moto);
+    let objects = first["objects"].as_object().expect("objects").clone();
+    assert_eq!(objects.len(), 1, "{first}");
+    let (key, etag) = objects.iter().next().expect("one object");
+    assert!(
+        etag_parts(etag.as_str().unwrap_or("")) >= 2,
+        "{key} must be a multipart upload of 2+ parts (ETag md5-N): {first}"
+    );
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "POST" && s.target.contains("uploads") && s.status == 200),
+        "CreateMultipartUpload: {seen:?}"
+    );
+    assert!(first["rows"].as_u64().unwrap_or(0) >= 4000, "{first}");
+    assert_eq!(first["uploads"], serde_json::json!([]), "{first}");
+
+    // The store refuses everything after the first part of the next upload (the abort
+    // excepted): the upload fails in the middle and is aborted.
+    let retries_before = c.metric("meshaudit_sink_retries_total{sink=\"parquet\"}");
+    proxy.arm(true);
+    send(&c, vec![big_stream(100_000, 60)]);
+    wait_for(
+        "a part refused and the upload aborted",
+        Duration::from_secs(120),
+        || {
+            let seen = proxy.seen();
+            seen.iter().any(|r| {
+                is_part(&r.method, &r.target)
+                    && r.status == 403
+                    && seen.iter().any(|d| {
+                        d.method == "DELETE"
+                            && d.status / 100 == 2
+                            && upload_id(&d.target).is_some()
+                            && upload_id(&d.target) == upload_id(&r.target)
+                    })
+            })
+        },
+    );
+    let seen = proxy.seen();
+    let refused = seen
+        .iter()
+        .find(|r| is_part(&r.method, &r.target) && r.status == 403)
+        .expect("a refused part");
+    let id = upload_id(&refused.target).expect("the part's uploadId");
+    assert!(
+        seen.iter().any(|r| is_part(&r.method, &r.target)
+            && r.status == 200
+            && upload_id(&r.target) == Some(id)),
+        "a part of that upload went up before the refusal (a failure in the middle): {seen:?}"
+    );
+    wait_for("the sink retrying", Duration::from_secs(30), || {
+        c.metric("meshaudit_sink_retries_total{sink=\"parquet\"}") > retries_before
+    });
+    // The file waits in the data dir; nothing of it is in the bucket, no upload in progress.
+    let waiting: Vec<String> = data_files(dir.path())
+        .iter()
+        .map(|p| {
+            p.strip_prefix(dir.path())
+                .expect("under data dir")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(!waiting.is_empty(), "a finished file waits for the store");
+    let during = s3_state(&moto);
+    assert_eq!(
+        during["objects"].as_object().expect("objects").len(),
+        1,
+        "no new object while the store refuses: {during}"
+    );
+    for rel in &waiting {
+        assert!(
+            during["objects"].get(format!("audit/{rel}")).is_none(),
+            "{rel} must not be visible before its upload completes: {during}"
+        );
+    }
+    assert_eq!(
+        during["uploads"],
+        serde_json::json!([]),
+        "the failed upload was aborted: no parts left behind"
+    );
+    assert!(
+        c.output().contains("parquet upload failed"),
+        "{}",
+        c.output()
+    );
+
+    // The store takes requests again: the retry lands the waiting file, in parts.
+    proxy.arm(false);
+    wait_for("the waiting files in S3", Duration::from_secs(120), || {
+        let s = s3_state(&moto);
+        waiting
+            .iter()
+            .all(|rel| s["objects"].get(format!("audit/{rel}")).is_some())
+    });
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+    let last = s3_state(&moto);
+    assert_eq!(
+        last["ids"], 12_000,
+        "every record, read back by pyarrow: {last}"
+    );
+    assert_eq!(last["uploads"], serde_json::json!([]), "{last}");
+    for rel in &waiting {
+        let etag = last["objects"][format!("audit/{rel}")]
+            .as_str()
+            .unwrap_or("");
+        assert!(etag_parts(etag) >= 2, "{rel}: {etag}");
+    }
+    assert!(data_files(dir.path()).is_empty(), "nothing left locally");
+}
+
+#[test]
+fn azure_multipart_upload_is_put_block_then_put_block_list_and_reads_back_whole() {
+    let az = Azurite::start();
+    az.py("az.create_dir('lake')\nprint('null')");
+    let proxy = Proxy::start(az.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env_owned = az.env(AZURITE_KEY);
+    env_owned.retain(|(k, _)| *k != "AZURITE_BLOB_STORAGE_URL");
+    env_owned.push(("AZURITE_BLOB_STORAGE_URL", proxy.url()));
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let c = Collector::start_with_env(
+        dir.path(),
+        &[
+            "--parquet-url",
+            "az://lake/audit",
+            "--parquet-max-file-bytes",
+            FILE_BYTES,
+            "--parquet-max-file-age-secs",
+            "600",
+        ],
+        &env,
+    );
+    send(&c, vec![big_stream(0, 60)]);
+    // Shutdown closes the open file and uploads everything before the exit.
+    let (status, out) = c.stop();
+    assert!(status.success(), "exit {status}:\n{out}");
+    assert!(!out.contains(AZURITE_KEY), "{out}");
+    assert!(data_files(dir.path()).is_empty(), "nothing left locally");
+
+    // Per blob: Put Block requests, and whether a Put Block List committed them.
+    let seen = proxy.seen();
+    let blob = |t: &str| t.split('?').next().unwrap_or("").to_owned();
+    let multipart: BTreeSet<String> = seen
+        .iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("comp=blocklist") && r.status == 201)
+        .map(|r| blob(&r.target))
+        .filter(|b| {
+            seen.iter()
+                .filter(|r| {
+                    is_part(&r.method, &r.target) && r.status == 201 && blob(&r.target) == *b
+                })
+                .count()
+                >= 2
+        })
+        .collect();
+    assert!(
+        multipart.iter().any(|b| b.ends_with(".parquet")),
+        "a data file committed from 2+ blocks: {seen:?}"
+    );
+    let got = az.py(
+        "sel = pafs.FileSelector('lake/audit', recursive=True)\n\
+         files = [f.path for f in az.get_file_info(sel) if f.path.endswith('.parquet')]\n\
+         ids = set()\n\
+         for f in files:\n    ids.update(pq.read_table(f, filesystem=az).column('record_id').to_pylist())\n\
+         print(json.dumps({'ids': len(ids), 'files': files}))",
+    );
+    assert_eq!(
+        got["ids"], 6000,
+        "every record, read back by pyarrow: {got}"
+    );
+    for b in &multipart {
+        assert!(
+            got["files"]
+                .as_array()
+                .expect("files")
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|f| b.ends_with(f)),
+            "{b} is readable: {got}"
+        );
+    }
+}
