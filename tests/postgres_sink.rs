@@ -610,6 +610,8 @@ fn the_benchmark_hook_reports_both_rates_and_leaves_nothing_behind() {
         "sink_to_raw_ratio",
         "signed_sink_rows_per_sec",
         "signed_to_sink_ratio",
+        "replay_rows_per_sec",
+        "replay_to_raw_ratio",
     ] {
         assert!(
             report[key].as_f64().is_some_and(|v| v > 0.0),
