@@ -2,7 +2,9 @@
 //! drop: moto's S3 server (PyPI `moto[server]`, in target/pyenv) and Azurite (npm, in
 //! target/azurite), both installed by scripts/test. Each has `py`, which runs Python from
 //! target/pyenv with clients the project did not write (pyarrow's filesystems, boto3) bound to
-//! that server and returns what the code printed as JSON.
+//! that server and returns what the code printed as JSON. [`FaultProxy`] puts
+//! tests/python/fault_proxy.py (a separate process) between the collector and either of them, to
+//! inject faults and record what the collector asked of the store.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -186,6 +188,144 @@ impl Azurite {
 }
 
 impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tests/python/fault_proxy.py in front of an emulator on `upstream_port`, killed on drop: a
+/// reverse proxy whose mode the test switches at run time (`pass`, `503`, `429`, `trickle`,
+/// `cut`, `refuse-after-part`; the script's docstring says what each does), and which counts
+/// and logs every request it answered.
+pub struct FaultProxy {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// One request the proxy answered: method, target (path and query as sent), and the status the
+/// client got: the store's (recorded even if the client went away meanwhile), the proxy's own
+/// 503/429/403, or 0 when there was no answer (the body was cut, or the client went mid-body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub status: u16,
+}
+
+impl Request {
+    /// A part of a multipart upload: S3 UploadPart (`PUT ?partNumber=`) or Azure Put Block
+    /// (`PUT ?comp=block&blockid=`, not Put Block List); the same rule as fault_proxy.py's.
+    pub fn is_part(&self) -> bool {
+        let q = self.query();
+        self.method == "PUT"
+            && q.iter()
+                .any(|(k, v)| *k == "partNumber" || (*k == "comp" && *v == "block"))
+    }
+
+    /// The `uploadId` query value.
+    pub fn upload_id(&self) -> Option<&str> {
+        self.query()
+            .into_iter()
+            .find_map(|(k, v)| (k == "uploadId").then_some(v))
+    }
+
+    /// The target without its query (the object's path).
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    fn query(&self) -> Vec<(&str, &str)> {
+        self.target
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .split('&')
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect()
+    }
+}
+
+impl FaultProxy {
+    /// In front of `upstream_port`, in mode `pass`.
+    pub fn start(upstream_port: u16) -> FaultProxy {
+        let [addr] = free_addrs::<1>();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("mode"), "pass").expect("mode file");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fault_proxy.py");
+        let child = Command::new(pyenv("python"))
+            .arg(script)
+            .arg(addr.port().to_string())
+            .arg(upstream_port.to_string())
+            .arg(dir.path().join("mode"))
+            .arg(dir.path().join("state.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fault_proxy.py");
+        wait_for("fault proxy listening", Duration::from_secs(30), || {
+            TcpStream::connect(addr).is_ok()
+        });
+        FaultProxy {
+            child,
+            port: addr.port(),
+            dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `env` (of [`Moto::env`] or [`Azurite::env`]) with the store's endpoint replaced by the
+    /// proxy's.
+    pub fn via(&self, env: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+        env.into_iter()
+            .map(|(k, v)| match k {
+                "AWS_ENDPOINT" | "AZURITE_BLOB_STORAGE_URL" => (k, self.endpoint()),
+                _ => (k, v),
+            })
+            .collect()
+    }
+
+    /// Switches the mode for the next requests (written whole, then renamed into place: each
+    /// `set("refuse-after-part")` arms it anew).
+    pub fn set(&self, mode: &str) {
+        let tmp = self.dir.path().join("mode.tmp");
+        std::fs::write(&tmp, mode).expect("write mode");
+        std::fs::rename(&tmp, self.dir.path().join("mode")).expect("rename mode");
+    }
+
+    /// What the proxy served so far (its state file, replaced atomically after every event).
+    pub fn state(&self) -> Value {
+        let text = std::fs::read(self.dir.path().join("state.json")).expect("proxy state");
+        serde_json::from_slice(&text).expect("proxy state is JSON")
+    }
+
+    pub fn count(&self, key: &str) -> u64 {
+        self.state()[key].as_u64().unwrap_or(0)
+    }
+
+    /// Every request answered so far, in the order answered.
+    pub fn log(&self) -> Vec<Request> {
+        self.state()["log"]
+            .as_array()
+            .expect("proxy log")
+            .iter()
+            .map(|r| Request {
+                method: r["method"].as_str().expect("method").to_owned(),
+                target: r["target"].as_str().expect("target").to_owned(),
+                status: r["status"]
+                    .as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .expect("status"),
+            })
+            .collect()
+    }
+}
+
+impl Drop for FaultProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
