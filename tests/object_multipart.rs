@@ -12,10 +12,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::objstore::{Azurite, FaultProxy, Moto, AZURITE_KEY};
+use common::objstore::{parquet_files, Azurite, FaultProxy, Moto, AZURITE_KEY};
 use common::*;
 use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
 use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
@@ -98,22 +98,6 @@ fn diagnose(c: &Collector, proxy: &FaultProxy, dir: &Path) -> String {
         seen.join("\n"),
         c.output()
     )
-}
-
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out
 }
 
 /// Every data object under `lake/audit/`: key, ETag, rows, distinct record ids; and the
@@ -229,7 +213,7 @@ fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_unti
         c.metric("meshaudit_sink_retries_total{sink=\"parquet\"}") > retries_before
     });
     // The file waits in the data dir; nothing of it is in the bucket, no upload in progress.
-    let waiting: Vec<String> = data_files(dir.path())
+    let waiting: Vec<String> = parquet_files(dir.path())
         .iter()
         .map(|p| {
             p.strip_prefix(dir.path())
@@ -284,7 +268,7 @@ fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_unti
             .unwrap_or("");
         assert!(etag_parts(etag) >= 2, "{rel}: {etag}");
     }
-    assert!(data_files(dir.path()).is_empty(), "nothing left locally");
+    assert!(parquet_files(dir.path()).is_empty(), "nothing left locally");
 }
 
 #[test]
@@ -312,7 +296,7 @@ fn azure_multipart_upload_is_put_block_then_put_block_list_and_reads_back_whole(
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
     assert!(!out.contains(AZURITE_KEY), "{out}");
-    assert!(data_files(dir.path()).is_empty(), "nothing left locally");
+    assert!(parquet_files(dir.path()).is_empty(), "nothing left locally");
 
     // Per blob: Put Block requests, and whether a Put Block List committed them.
     let seen = proxy.log();
