@@ -25,6 +25,10 @@ it while the collector runs:
            whose permission or credentials went away mid-upload, except the multipart abort
            (S3 `DELETE ?uploadId=`), which is forwarded. Each time MODE_FILE is replaced (a new
            file renamed into place) with this mode, it starts over: the next part passes again
+  gcs-etag forward like pass, and add to a successful PUT's answer that has none the header
+           `ETag: "<hex md5 of the body>"`, as Google Cloud Storage's XML API answers an object
+           PUT; PyPI's gcp-storage-emulator leaves it out, and object_store's GCS client refuses
+           a PUT answer without it ("ETag Header missing"). Counted in `etag_added`
 
 Counts are written to STATE_FILE (JSON, replaced atomically) after every event: requests
 answered per mode, PUT bodies started/finished/aborted in trickle mode, and the request now
@@ -37,6 +41,7 @@ given (the body was cut or the client went away mid-body).
 Standard library only.  Usage: fault_proxy.py LISTEN_PORT UPSTREAM_PORT MODE_FILE STATE_FILE
 """
 
+import hashlib
 import http.client
 import json
 import os
@@ -71,6 +76,7 @@ ACCESS_DENIED = (
     b"<RequestId>fault-proxy</RequestId></Error>"
 )
 REFUSE = "refuse-after-part"
+GCS_ETAG = "gcs-etag"
 # How long a request held back by refuse-after-part waits for the passed part's answer.
 PART_WAIT = 60.0
 
@@ -103,6 +109,7 @@ class State:
             "trickle_done": 0,
             "trickle_aborted": 0,
             "refused": 0,
+            "etag_added": 0,
             "inflight": None,
             "aborted": [],
             "log": [],
@@ -231,6 +238,8 @@ class Proxy(BaseHTTPRequestHandler):
             return
         body = None
         passing_part = False
+        if m == GCS_ETAG:
+            body = self.drain(length)
         if m == REFUSE:
             # The whole body first: requests are ordered by their arrival, as a store sees them.
             body = self.drain(length)
@@ -328,6 +337,15 @@ class Proxy(BaseHTTPRequestHandler):
             for k, v in resp.getheaders()
             if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
         ]
+        if (
+            m == GCS_ETAG
+            and self.command == "PUT"
+            and 200 <= resp.status < 300
+            and not resp.getheader("ETag")
+        ):
+            # What GCS's XML API answers a PUT with, and the emulator leaves out.
+            headers.append(("ETag", '"%s"' % hashlib.md5(body).hexdigest()))
+            self.state.update(lambda c: c.__setitem__("etag_added", c["etag_added"] + 1))
         # A HEAD answer has no body but says the object's length.
         self.answer(resp.status, data, headers, resp.getheader("Content-Length") if self.command == "HEAD" else None)
 
