@@ -1,7 +1,9 @@
 //! Multipart uploads of Parquet files to object storage (issue 14): a file larger than one part
 //! (8 MiB) is streamed from disk as a multipart upload instead of being read whole into memory,
-//! against real emulators on free ports: moto's S3 server and Azurite, each behind a small HTTP
-//! proxy written here that records every request and can refuse them. Proven from outside the
+//! against real emulators on free ports: moto's S3 server and Azurite, each behind the fault proxy
+//! (common::objstore::FaultProxy, tests/python/fault_proxy.py), which logs every request with the
+//! status answered and, in mode `refuse-after-part`, refuses everything after the first part but
+//! the abort. Proven from outside the
 //! collector: the S3 object's ETag carries the multipart `-N` suffix, Azurite received several
 //! Put Block requests and one Put Block List, pyarrow reads every record back; a part refused
 //! in the middle of an upload leaves no object under the final name and no multipart upload in
@@ -10,13 +12,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
-use common::objstore::{Azurite, Moto, AZURITE_KEY};
+use common::objstore::{parquet_files, Azurite, FaultProxy, Moto, AZURITE_KEY};
 use common::*;
 use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
 use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
@@ -62,192 +61,6 @@ fn noise(seed: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A recording, fault-injecting HTTP/1.1 proxy in front of an emulator.
-
-/// One request the proxy saw: method, request target, the status the client got.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    status: u16,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    seen: Vec<Seen>,
-    /// Armed: the first part upload passes, then every request but DELETE (the abort) is
-    /// refused with 403, as a store whose permission or credentials went away mid-upload.
-    armed: bool,
-    part_passed: bool,
-    /// The passed part has been answered by the store.
-    part_stored: bool,
-}
-
-/// Forwards each request on a fresh upstream connection (`Connection: close` both ways, so
-/// the client never reuses one), byte for byte otherwise: signatures stay valid.
-struct Proxy {
-    port: u16,
-    state: Arc<Mutex<ProxyState>>,
-}
-
-fn is_part(method: &str, target: &str) -> bool {
-    method == "PUT" && (target.contains("partNumber=") || target.contains("comp=block&"))
-}
-
-impl Proxy {
-    fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let state = Arc::new(Mutex::new(ProxyState::default()));
-        let st = Arc::clone(&state);
-        // Runs until the test process ends (the emulator behind it is gone by then).
-        std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
-                let st = Arc::clone(&st);
-                std::thread::spawn(move || {
-                    let _ = forward(client, upstream, &st);
-                });
-            }
-        });
-        Proxy { port, state }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn arm(&self, on: bool) {
-        let mut s = self.state.lock().expect("proxy state");
-        s.armed = on;
-        s.part_passed = false;
-        s.part_stored = false;
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.state.lock().expect("proxy state").seen.clone()
-    }
-}
-
-fn forward(client: TcpStream, upstream: u16, st: &Mutex<ProxyState>) -> std::io::Result<()> {
-    let mut from_client = BufReader::new(client.try_clone()?);
-    let mut client = client;
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        if from_client.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let end = line == "\r\n";
-        head.push(line);
-        if end {
-            break;
-        }
-    }
-    let mut words = head[0].split_whitespace();
-    let method = words.next().unwrap_or_default().to_owned();
-    let target = words.next().unwrap_or_default().to_owned();
-    let header = |name: &str| {
-        head.iter().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    };
-    assert!(
-        header("transfer-encoding").is_none(),
-        "the proxy handles Content-Length bodies only: {head:?}"
-    );
-    let len: usize = header("content-length")
-        .map(|v| v.parse().expect("content-length"))
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    from_client.read_exact(&mut body)?;
-
-    // Armed: the first part to arrive passes, the rest waits until the store has answered it
-    // (so a part really is stored when the upload fails), then is refused.
-    let (refuse, passing_part) = {
-        let mut s = st.lock().expect("proxy state");
-        let refuse = s.armed && s.part_passed && method != "DELETE";
-        let passing_part = s.armed && !refuse && is_part(&method, &target);
-        if passing_part {
-            s.part_passed = true;
-        }
-        (refuse, passing_part)
-    };
-    let record = |status: u16| {
-        let mut s = st.lock().expect("proxy state");
-        if passing_part {
-            s.part_stored = true;
-        }
-        s.seen.push(Seen {
-            method: method.clone(),
-            target: target.clone(),
-            status,
-        });
-    };
-    if refuse {
-        wait_until("the passed part stored", Duration::from_secs(60), || {
-            st.lock().expect("proxy state").part_stored
-        });
-        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>\
-                   <Message>refused by the test's fault proxy</Message></Error>";
-        record(403);
-        write!(
-            client,
-            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{xml}",
-            xml.len()
-        )?;
-    } else {
-        let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
-        let mut out = Vec::with_capacity(len + 1024);
-        for l in &head[..head.len() - 1] {
-            if !l.to_ascii_lowercase().starts_with("connection:") {
-                out.extend_from_slice(l.as_bytes());
-            }
-        }
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
-        out.extend_from_slice(&body);
-        up.write_all(&out)?;
-        let mut from_up = BufReader::new(up);
-        let mut status_line = String::new();
-        from_up.read_line(&mut status_line)?;
-        // What the store answered, even if the client has gone meanwhile (an aborted upload
-        // cancels its parts in flight).
-        record(
-            status_line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-        );
-        client.write_all(status_line.as_bytes())?;
-        loop {
-            let mut line = String::new();
-            if from_up.read_line(&mut line)? == 0 || line == "\r\n" {
-                break;
-            }
-            if !line.to_ascii_lowercase().starts_with("connection:") {
-                client.write_all(line.as_bytes())?;
-            }
-        }
-        client.write_all(b"Connection: close\r\n\r\n")?;
-        // The upstream closes after its response: copy the body, whatever its framing.
-        std::io::copy(&mut from_up, &mut client)?;
-    }
-    client.flush()?;
-    client.shutdown(Shutdown::Both)
-}
-
-/// The `uploadId` query value of a request target.
-fn upload_id(target: &str) -> Option<&str> {
-    target
-        .split(['?', '&'])
-        .find_map(|kv| kv.strip_prefix("uploadId="))
-}
-
-// ---------------------------------------------------------------------------------------------
 
 /// Waits up to 120 s for `cond`; on a timeout panics with what `show` says.
 fn wait_or_show(what: &str, mut cond: impl FnMut() -> bool, show: impl Fn() -> String) {
@@ -263,7 +76,7 @@ fn wait_or_show(what: &str, mut cond: impl FnMut() -> bool, show: impl Fn() -> S
 }
 
 /// The local files with sizes, the proxy's log and the collector's output.
-fn diagnose(c: &Collector, proxy: &Proxy, dir: &Path) -> String {
+fn diagnose(c: &Collector, proxy: &FaultProxy, dir: &Path) -> String {
     let files: Vec<String> = all_files(dir)
         .iter()
         .map(|p| {
@@ -275,7 +88,7 @@ fn diagnose(c: &Collector, proxy: &Proxy, dir: &Path) -> String {
         })
         .collect();
     let seen: Vec<String> = proxy
-        .seen()
+        .log()
         .iter()
         .map(|s| format!("{} {} {}", s.method, s.target, s.status))
         .collect();
@@ -285,22 +98,6 @@ fn diagnose(c: &Collector, proxy: &Proxy, dir: &Path) -> String {
         seen.join("\n"),
         c.output()
     )
-}
-
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out
 }
 
 /// Every data object under `lake/audit/`: key, ETag, rows, distinct record ids; and the
@@ -333,11 +130,9 @@ fn etag_parts(etag: &str) -> u64 {
 fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_until_the_retry() {
     let moto = Moto::start();
     moto.create_bucket("lake");
-    let proxy = Proxy::start(moto.port);
+    let proxy = FaultProxy::start(moto.port);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut env_owned = moto.env("test");
-    env_owned.retain(|(k, _)| *k != "AWS_ENDPOINT");
-    env_owned.push(("AWS_ENDPOINT", proxy.url()));
+    let env_owned = proxy.via(moto.env("test"));
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let c = Collector::start_with_env(
         dir.path(),
@@ -372,7 +167,7 @@ fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_unti
         etag_parts(etag.as_str().unwrap_or("")) >= 2,
         "{key} must be a multipart upload of 2+ parts (ETag md5-N): {first}"
     );
-    let seen = proxy.seen();
+    let seen = proxy.log();
     assert!(
         seen.iter()
             .any(|s| s.method == "POST" && s.target.contains("uploads") && s.status == 200),
@@ -384,42 +179,41 @@ fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_unti
     // The store refuses everything after the first part of the next upload (the abort
     // excepted): the upload fails in the middle and is aborted.
     let retries_before = c.metric("meshaudit_sink_retries_total{sink=\"parquet\"}");
-    proxy.arm(true);
+    proxy.set("refuse-after-part");
     send(&c, vec![big_stream(100_000, 60)]);
     wait_for(
         "a part refused and the upload aborted",
         Duration::from_secs(120),
         || {
-            let seen = proxy.seen();
+            let seen = proxy.log();
             seen.iter().any(|r| {
-                is_part(&r.method, &r.target)
+                r.is_part()
                     && r.status == 403
                     && seen.iter().any(|d| {
                         d.method == "DELETE"
                             && d.status / 100 == 2
-                            && upload_id(&d.target).is_some()
-                            && upload_id(&d.target) == upload_id(&r.target)
+                            && d.upload_id().is_some()
+                            && d.upload_id() == r.upload_id()
                     })
             })
         },
     );
-    let seen = proxy.seen();
+    let seen = proxy.log();
     let refused = seen
         .iter()
-        .find(|r| is_part(&r.method, &r.target) && r.status == 403)
+        .find(|r| r.is_part() && r.status == 403)
         .expect("a refused part");
-    let id = upload_id(&refused.target).expect("the part's uploadId");
+    let id = refused.upload_id().expect("the part's uploadId");
     assert!(
-        seen.iter().any(|r| is_part(&r.method, &r.target)
-            && r.status == 200
-            && upload_id(&r.target) == Some(id)),
+        seen.iter()
+            .any(|r| r.is_part() && r.status == 200 && r.upload_id() == Some(id)),
         "a part of that upload went up before the refusal (a failure in the middle): {seen:?}"
     );
     wait_for("the sink retrying", Duration::from_secs(30), || {
         c.metric("meshaudit_sink_retries_total{sink=\"parquet\"}") > retries_before
     });
     // The file waits in the data dir; nothing of it is in the bucket, no upload in progress.
-    let waiting: Vec<String> = data_files(dir.path())
+    let waiting: Vec<String> = parquet_files(dir.path())
         .iter()
         .map(|p| {
             p.strip_prefix(dir.path())
@@ -453,7 +247,7 @@ fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_unti
     );
 
     // The store takes requests again: the retry lands the waiting file, in parts.
-    proxy.arm(false);
+    proxy.set("pass");
     wait_for("the waiting files in S3", Duration::from_secs(120), || {
         let s = s3_state(&moto);
         waiting
@@ -474,18 +268,16 @@ fn s3_multipart_upload_lands_whole_and_a_part_refused_midway_leaves_nothing_unti
             .unwrap_or("");
         assert!(etag_parts(etag) >= 2, "{rel}: {etag}");
     }
-    assert!(data_files(dir.path()).is_empty(), "nothing left locally");
+    assert!(parquet_files(dir.path()).is_empty(), "nothing left locally");
 }
 
 #[test]
 fn azure_multipart_upload_is_put_block_then_put_block_list_and_reads_back_whole() {
     let az = Azurite::start();
     az.py("az.create_dir('lake')\nprint('null')");
-    let proxy = Proxy::start(az.port);
+    let proxy = FaultProxy::start(az.port);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut env_owned = az.env(AZURITE_KEY);
-    env_owned.retain(|(k, _)| *k != "AZURITE_BLOB_STORAGE_URL");
-    env_owned.push(("AZURITE_BLOB_STORAGE_URL", proxy.url()));
+    let env_owned = proxy.via(az.env(AZURITE_KEY));
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let c = Collector::start_with_env(
         dir.path(),
@@ -504,20 +296,17 @@ fn azure_multipart_upload_is_put_block_then_put_block_list_and_reads_back_whole(
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
     assert!(!out.contains(AZURITE_KEY), "{out}");
-    assert!(data_files(dir.path()).is_empty(), "nothing left locally");
+    assert!(parquet_files(dir.path()).is_empty(), "nothing left locally");
 
     // Per blob: Put Block requests, and whether a Put Block List committed them.
-    let seen = proxy.seen();
-    let blob = |t: &str| t.split('?').next().unwrap_or("").to_owned();
+    let seen = proxy.log();
     let multipart: BTreeSet<String> = seen
         .iter()
         .filter(|r| r.method == "PUT" && r.target.contains("comp=blocklist") && r.status == 201)
-        .map(|r| blob(&r.target))
+        .map(|r| r.path().to_owned())
         .filter(|b| {
             seen.iter()
-                .filter(|r| {
-                    is_part(&r.method, &r.target) && r.status == 201 && blob(&r.target) == *b
-                })
+                .filter(|r| r.is_part() && r.status == 201 && r.path() == b)
                 .count()
                 >= 2
         })

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::objstore::{Azurite, Moto, AZURITE_KEY};
+use common::objstore::{parquet_files, serve_fails, Azurite, FaultProxy, Moto, AZURITE_KEY};
 use common::*;
 use serde_json::Value;
 
@@ -33,50 +32,7 @@ fn contents(m: &Moto, bucket: &str) -> Value {
 }
 
 fn local_parquet_files(dir: &Path) -> usize {
-    walk(dir)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .count()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// `meshaudit serve` that must fail at start-up: returns its output.
-fn serve_fails(data_dir: &Path, url: &str, env: &[(&str, &str)]) -> String {
-    let [als, admin] = free_addrs::<2>().map(|a| a.to_string());
-    let out = Command::new(env!("CARGO_BIN_EXE_meshaudit"))
-        .args([
-            "serve",
-            "--als-addr",
-            &als,
-            "--admin-addr",
-            &admin,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(["--parquet-url", url])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run meshaudit");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "serve should have failed:\n{text}");
-    text
+    parquet_files(dir).len()
 }
 
 #[test]
@@ -254,81 +210,9 @@ fn kill_9_with_files_waiting_for_the_store_then_restart_uploads_every_record() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Faults between the collector and the store: tests/python/fault_proxy.py, a reverse proxy in
-// front of moto or Azurite whose mode (pass, 503, 429, trickle) the test switches at run time,
-// and which counts what it served.
-
-/// The fault proxy in front of `upstream_port`, killed on drop.
-struct FaultProxy {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl FaultProxy {
-    fn start(upstream_port: u16) -> FaultProxy {
-        let [addr] = free_addrs::<1>();
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("mode"), "pass").expect("mode file");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fault_proxy.py");
-        let child = Command::new(common::objstore::pyenv("python"))
-            .arg(script)
-            .arg(addr.port().to_string())
-            .arg(upstream_port.to_string())
-            .arg(dir.path().join("mode"))
-            .arg(dir.path().join("state.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start fault_proxy.py");
-        wait_for("fault proxy listening", Duration::from_secs(30), || {
-            TcpStream::connect(addr).is_ok()
-        });
-        FaultProxy {
-            child,
-            port: addr.port(),
-            dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Switches the mode for the next requests (written whole, then renamed into place).
-    fn set(&self, mode: &str) {
-        let tmp = self.dir.path().join("mode.tmp");
-        std::fs::write(&tmp, mode).expect("write mode");
-        std::fs::rename(&tmp, self.dir.path().join("mode")).expect("rename mode");
-    }
-
-    /// What the proxy served so far (its state file, replaced atomically after every event).
-    fn state(&self) -> Value {
-        let text = std::fs::read(self.dir.path().join("state.json")).expect("proxy state");
-        serde_json::from_slice(&text).expect("proxy state is JSON")
-    }
-
-    fn count(&self, key: &str) -> u64 {
-        self.state()[key].as_u64().unwrap_or(0)
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `env` with the S3 endpoint replaced by the proxy's.
-fn via(proxy: &FaultProxy, env: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
-    env.into_iter()
-        .map(|(k, v)| match k {
-            "AWS_ENDPOINT" | "AZURITE_BLOB_STORAGE_URL" => (k, proxy.endpoint()),
-            _ => (k, v),
-        })
-        .collect()
-}
+// Faults between the collector and the store: common::objstore::FaultProxy
+// (tests/python/fault_proxy.py), a reverse proxy in front of moto or Azurite whose mode (pass,
+// 503, 429, trickle, cut) the test switches at run time, and which counts what it served.
 
 fn ready(c: &Collector) -> bool {
     http_get(c.admin_addr, "/readyz").map(|r| r.0) == Some(200)
@@ -340,7 +224,7 @@ fn s3_throttling_503_slowdown_for_half_a_minute_under_load_loses_nothing() {
     moto.create_bucket("lake");
     let proxy = FaultProxy::start(moto.port);
     let dir = tempfile::tempdir().expect("tempdir");
-    let env_owned = via(&proxy, env(&moto));
+    let env_owned = proxy.via(env(&moto));
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let c = Collector::start_with_env(
         dir.path(),
@@ -433,7 +317,7 @@ fn azure_throttling_429_from_start_up_and_under_load_then_back_loses_nothing() {
     az.py("az.create_dir('lake')\nprint('null')");
     let proxy = FaultProxy::start(az.port);
     let dir = tempfile::tempdir().expect("tempdir");
-    let env_owned = via(&proxy, az.env(AZURITE_KEY));
+    let env_owned = proxy.via(az.env(AZURITE_KEY));
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Throttling from before the start: the start-up write check is answered 429 after the
     // client's retries; that is no configuration error, so the collector starts (ready) and
@@ -497,7 +381,7 @@ fn kill_9_during_an_upload_leaves_no_partial_object_and_a_restart_delivers_every
     let proxy = FaultProxy::start(moto.port);
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
-    let env_owned = via(&proxy, env(&moto));
+    let env_owned = proxy.via(env(&moto));
     let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let args = [
         "--parquet-url",
