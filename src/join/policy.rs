@@ -146,6 +146,29 @@ impl<'a> PolicyId<'a> {
     }
 }
 
+impl PolicyId<'_> {
+    /// The column value, allocated once at its final size (`to_string` grows the string as
+    /// the formatter writes each piece).
+    pub fn to_column(&self) -> String {
+        match self {
+            PolicyId::Istio {
+                namespace,
+                name,
+                rule,
+            } => {
+                let mut s = String::with_capacity(namespace.len() + name.len() + rule.len() + 2);
+                s.push_str(namespace);
+                s.push('/');
+                s.push_str(name);
+                s.push('/');
+                s.push_str(rule);
+                s
+            }
+            PolicyId::Raw(id) => (*id).to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for PolicyId<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -199,8 +222,8 @@ impl Decision<'_> {
     pub fn fill(&self, rec: &mut AuditRecord) {
         rec.decision = self.decision.to_owned();
         rec.decision_engine = self.engine.to_owned();
-        rec.policy_name = self.policy.map(|p| p.to_string());
-        rec.shadow_policy_name = self.shadow_policy.map(|p| p.to_string());
+        rec.policy_name = self.policy.map(|p| p.to_column());
+        rec.shadow_policy_name = self.shadow_policy.map(|p| p.to_column());
         rec.shadow_result = self.shadow_result.map(str::to_owned);
     }
 }
@@ -1275,6 +1298,7 @@ mod tests {
         ];
         for (id, want) in table {
             assert_eq!(PolicyId::parse(id).to_string(), want, "{id}");
+            assert_eq!(PolicyId::parse(id).to_column(), want, "{id}");
         }
     }
 

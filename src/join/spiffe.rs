@@ -20,8 +20,15 @@ pub fn parse(uri: &str) -> Option<SpiffeId<'_>> {
         namespace: None,
         service_account: None,
     };
-    let segs: Vec<&str> = path.split('/').collect();
-    if let ["ns", ns, "sa", sa] = segs.as_slice() {
+    // Read in place (no Vec of segments: this runs twice per record).
+    let mut segs = path.split('/');
+    if let (Some("ns"), Some(ns), Some("sa"), Some(sa), None) = (
+        segs.next(),
+        segs.next(),
+        segs.next(),
+        segs.next(),
+        segs.next(),
+    ) {
         if !ns.is_empty() && !sa.is_empty() {
             id.namespace = Some(ns);
             id.service_account = Some(sa);
@@ -43,6 +50,11 @@ mod tests {
         let odd = parse("spiffe://example.org/workload/x").expect("spiffe");
         assert_eq!((odd.namespace, odd.service_account), (None, None));
         assert!(parse("https://cluster.local/ns/a/sa/b").is_none());
+        let long = parse("spiffe://td/ns/a/sa/b/extra").expect("spiffe");
+        assert_eq!((long.namespace, long.service_account), (None, None));
+        let short = parse("spiffe://td/ns/a/sa").expect("spiffe");
+        assert_eq!((short.namespace, short.service_account), (None, None));
+        assert_eq!(parse("spiffe://td").map(|i| i.namespace), Some(None));
         assert!(parse("spiffe:///ns/a/sa/b").is_none());
         assert_eq!(
             parse("spiffe://td/ns//sa/b").map(|i| i.namespace),

@@ -263,11 +263,49 @@ fn ip_of(addr: &Address) -> Option<String> {
 fn host_port(addr: &Address) -> Option<String> {
     let s = addr.socket_address.as_ref()?;
     let ip = str_of(&s.address)?;
-    Some(if ip.contains(':') {
-        format!("[{ip}]:{}", s.port_value)
+    // Built in one allocation of the final size (`format!` grows it piece by piece).
+    let port = itoa_u32(s.port_value);
+    let port = port.as_str();
+    let v6 = ip.contains(':');
+    let mut out = String::with_capacity(ip.len() + port.len() + 3);
+    if v6 {
+        out.push('[');
+        out.push_str(ip);
+        out.push(']');
     } else {
-        format!("{ip}:{}", s.port_value)
-    })
+        out.push_str(ip);
+    }
+    out.push(':');
+    out.push_str(port);
+    Some(out)
+}
+
+/// A u32 in decimal, without allocating.
+struct Digits {
+    buf: [u8; 10],
+    start: usize,
+}
+
+impl Digits {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits were written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+fn itoa_u32(mut v: u32) -> Digits {
+    let mut d = Digits {
+        buf: [0; 10],
+        start: 10,
+    };
+    loop {
+        d.start -= 1;
+        d.buf[d.start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return d;
+        }
+    }
 }
 
 fn spiffe_uri(cert: Option<&CertificateProperties>) -> Option<&str> {
@@ -396,6 +434,23 @@ mod tests {
         assert_eq!(strip_port("orders:8080"), "orders");
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("orders"), "orders");
+        for port in [0, 7, 80, 15006, u32::MAX] {
+            assert_eq!(itoa_u32(port).as_str(), port.to_string());
+        }
+        let addr = |ip: &str, port| Address {
+            socket_address: Some(crate::ingest::wire::SocketAddress {
+                address: Bytes::copy_from_slice(ip.as_bytes()),
+                port_value: port,
+            }),
+        };
+        assert_eq!(
+            host_port(&addr("10.0.0.1", 8080)).as_deref(),
+            Some("10.0.0.1:8080")
+        );
+        assert_eq!(
+            host_port(&addr("fd00::1", 443)).as_deref(),
+            Some("[fd00::1]:443")
+        );
         assert_eq!(
             trace_id(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")

@@ -6,6 +6,8 @@
 //! Unknown claims are skipped without being copied. A claim that is absent stays `None` (NULL in
 //! the record); a list claim that is present but empty is `Some(vec![])`.
 
+use std::borrow::Cow;
+
 use serde_json::Value as Json;
 use thiserror::Error;
 
@@ -17,48 +19,60 @@ pub enum ClaimsError {
     NotJson,
 }
 
-/// The claims the Identity columns and the token checks need. Owned: a raw token's claims are
-/// cached and shared by every record that carries the same token.
+/// The claims the Identity columns and the token checks need.
+///
+/// Text claims borrow from what carried them when they can: the proxy's Struct lives as long as
+/// the entry, so a claim the record does not use (`email` when `upn` is there, `idtyp`, `idp`,
+/// `jti` next to `uti`) is never copied, and one it uses is copied once, into the record. A raw
+/// token's claims are decoded from JSON into owned values ([`Claims::into_owned`] is free for
+/// them), then cached and shared by every record that carries the same token. List claims are
+/// column values as they stand, so they are owned, built at their final size.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Claims {
-    pub tid: Option<String>,
-    pub oid: Option<String>,
-    pub sub: Option<String>,
-    pub upn: Option<String>,
-    pub preferred_username: Option<String>,
-    pub unique_name: Option<String>,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub azp: Option<String>,
-    pub appid: Option<String>,
+pub struct Claims<'a> {
+    pub tid: Option<Cow<'a, str>>,
+    pub oid: Option<Cow<'a, str>>,
+    pub sub: Option<Cow<'a, str>>,
+    pub upn: Option<Cow<'a, str>>,
+    pub preferred_username: Option<Cow<'a, str>>,
+    pub unique_name: Option<Cow<'a, str>>,
+    pub email: Option<Cow<'a, str>>,
+    pub name: Option<Cow<'a, str>>,
+    pub azp: Option<Cow<'a, str>>,
+    pub appid: Option<Cow<'a, str>>,
     pub groups: Option<Vec<String>>,
     /// `_claim_names` names `groups`, or `hasgroups` is true.
     pub groups_overage: bool,
     pub roles: Option<Vec<String>>,
     /// `scp`, split on spaces (or as the list Istio made of it with `spaceDelimitedClaims`).
     pub scopes: Option<Vec<String>>,
-    pub iss: Option<String>,
-    /// `aud` values, and whether `aud` was a list.
-    pub aud: Option<Vec<String>>,
-    pub aud_is_list: bool,
-    pub ver: Option<String>,
-    pub uti: Option<String>,
-    pub jti: Option<String>,
+    pub iss: Option<Cow<'a, str>>,
+    pub aud: Option<Audience<'a>>,
+    pub ver: Option<Cow<'a, str>>,
+    pub uti: Option<Cow<'a, str>>,
+    pub jti: Option<Cow<'a, str>>,
     /// Seconds since the epoch.
     pub iat: Option<i64>,
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
     pub amr: Option<Vec<String>>,
-    pub idtyp: Option<String>,
-    pub idp: Option<String>,
+    pub idtyp: Option<Cow<'a, str>>,
+    pub idp: Option<Cow<'a, str>>,
     pub acct: Option<i64>,
     pub xms_mirid: bool,
+}
+
+/// `aud`: one string (the usual form) or a list, kept apart because the `audience` column reads
+/// them differently.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Audience<'a> {
+    One(Cow<'a, str>),
+    List(Vec<String>),
 }
 
 /// One claim value, whichever encoding it came in.
 #[derive(Debug)]
 pub(crate) enum ClaimValue<'a> {
-    Str(&'a str),
+    Str(Cow<'a, str>),
     Num(f64),
     Bool(bool),
     List(Vec<String>),
@@ -138,9 +152,9 @@ impl Field {
     }
 }
 
-impl Claims {
-    /// Reads the claims of a Struct (the jwt_authn `payload`), borrowing until a value is kept.
-    pub fn from_struct(s: StructView<'_>) -> Result<Claims, StructError> {
+impl<'a> Claims<'a> {
+    /// Reads the claims of a Struct (the jwt_authn `payload`), borrowing its strings.
+    pub fn from_struct(s: StructView<'a>) -> Result<Claims<'a>, StructError> {
         let mut c = Claims::default();
         for entry in s.entries() {
             let (key, value) = entry?;
@@ -148,11 +162,15 @@ impl Claims {
                 continue;
             };
             let v = match value {
-                Value::String(_) => value.as_str().map_or(ClaimValue::Other, ClaimValue::Str),
+                Value::String(_) => value
+                    .as_str()
+                    .map_or(ClaimValue::Other, |s| ClaimValue::Str(Cow::Borrowed(s))),
                 Value::Number(n) => ClaimValue::Num(n),
                 Value::Bool(b) => ClaimValue::Bool(b),
                 Value::List(l) => {
-                    let mut out = Vec::new();
+                    // Counted first, so the list is allocated once at its final size (a group
+                    // list of 30 would otherwise grow four times).
+                    let mut out = Vec::with_capacity(l.iter().count());
                     for item in l.iter() {
                         if let Some(s) = item?.as_str() {
                             out.push(s.to_owned());
@@ -170,23 +188,27 @@ impl Claims {
         Ok(c)
     }
 
-    /// Reads the claims of a JSON payload (a raw token's or a forwarded claims header's).
-    pub fn from_json(bytes: &[u8]) -> Result<Claims, ClaimsError> {
+    /// Reads the claims of a JSON payload (a raw token's or a forwarded claims header's). The
+    /// decoded strings are moved into the claims, not copied.
+    pub fn from_json(bytes: &[u8]) -> Result<Claims<'static>, ClaimsError> {
         let map: serde_json::Map<String, Json> =
             serde_json::from_slice(bytes).map_err(|_| ClaimsError::NotJson)?;
         let mut c = Claims::default();
-        for (key, value) in &map {
+        for (key, value) in map {
             let Some(field) = Field::of(key.as_bytes()) else {
                 continue;
             };
             let v = match value {
-                Json::String(s) => ClaimValue::Str(s),
+                Json::String(s) => ClaimValue::Str(Cow::Owned(s)),
                 Json::Number(n) => n.as_f64().map_or(ClaimValue::Other, ClaimValue::Num),
-                Json::Bool(b) => ClaimValue::Bool(*b),
+                Json::Bool(b) => ClaimValue::Bool(b),
                 Json::Array(items) => ClaimValue::List(
                     items
-                        .iter()
-                        .filter_map(|i| i.as_str().map(str::to_owned))
+                        .into_iter()
+                        .filter_map(|i| match i {
+                            Json::String(s) => Some(s),
+                            _ => None,
+                        })
                         .collect(),
                 ),
                 Json::Object(o) => ClaimValue::Object {
@@ -199,18 +221,18 @@ impl Claims {
         Ok(c)
     }
 
-    pub(crate) fn set(&mut self, field: Field, v: ClaimValue<'_>) {
+    pub(crate) fn set(&mut self, field: Field, v: ClaimValue<'a>) {
         match field {
-            Field::Tid => self.tid = text(&v),
-            Field::Oid => self.oid = text(&v),
-            Field::Sub => self.sub = text(&v),
-            Field::Upn => self.upn = text(&v),
-            Field::PreferredUsername => self.preferred_username = text(&v),
-            Field::UniqueName => self.unique_name = text(&v),
-            Field::Email => self.email = text(&v),
-            Field::Name => self.name = text(&v),
-            Field::Azp => self.azp = text(&v),
-            Field::Appid => self.appid = text(&v),
+            Field::Tid => self.tid = text(v),
+            Field::Oid => self.oid = text(v),
+            Field::Sub => self.sub = text(v),
+            Field::Upn => self.upn = text(v),
+            Field::PreferredUsername => self.preferred_username = text(v),
+            Field::UniqueName => self.unique_name = text(v),
+            Field::Email => self.email = text(v),
+            Field::Name => self.name = text(v),
+            Field::Azp => self.azp = text(v),
+            Field::Appid => self.appid = text(v),
             Field::Groups => self.groups = list(v),
             Field::ClaimNames => {
                 if matches!(v, ClaimValue::Object { has_groups: true }) {
@@ -218,7 +240,9 @@ impl Claims {
                 }
             }
             Field::HasGroups => {
-                if matches!(v, ClaimValue::Bool(true) | ClaimValue::Str("true")) {
+                if matches!(&v, ClaimValue::Bool(true))
+                    || matches!(&v, ClaimValue::Str(s) if s == "true")
+                {
                     self.groups_overage = true;
                 }
             }
@@ -227,43 +251,88 @@ impl Claims {
                 self.scopes = match v {
                     ClaimValue::Str(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
                     // Istio's spaceDelimitedClaims already split it; split again in case an
-                    // element still holds several scopes.
-                    ClaimValue::List(items) => Some(
-                        items
-                            .iter()
-                            .flat_map(|s| s.split_whitespace())
-                            .map(str::to_owned)
-                            .collect(),
-                    ),
+                    // element still holds several scopes (kept as they are when none does).
+                    ClaimValue::List(items) => {
+                        if items.iter().all(|s| {
+                            !s.is_empty() && s.split_whitespace().next() == Some(s.as_str())
+                        }) {
+                            Some(items)
+                        } else {
+                            Some(
+                                items
+                                    .iter()
+                                    .flat_map(|s| s.split_whitespace())
+                                    .map(str::to_owned)
+                                    .collect(),
+                            )
+                        }
+                    }
                     _ => None,
                 }
             }
-            Field::Iss => self.iss = text(&v),
+            Field::Iss => self.iss = text(v),
             Field::Aud => {
-                (self.aud, self.aud_is_list) = match v {
-                    ClaimValue::Str(s) if !s.is_empty() => (Some(vec![s.to_owned()]), false),
-                    ClaimValue::List(items) => (Some(items), true),
-                    _ => (None, false),
+                self.aud = match v {
+                    ClaimValue::Str(s) if !s.is_empty() => Some(Audience::One(s)),
+                    ClaimValue::List(items) => Some(Audience::List(items)),
+                    _ => None,
                 }
             }
             Field::Ver => {
                 self.ver = match v {
                     // A numeric `ver` (not Entra's form, but seen from other issuers) keeps the
                     // `1.0` spelling of the contract.
-                    ClaimValue::Num(n) if n.is_finite() => Some(format!("{n:.1}")),
-                    _ => text(&v),
+                    ClaimValue::Num(n) if n.is_finite() => Some(Cow::Owned(format!("{n:.1}"))),
+                    v => text(v),
                 }
             }
-            Field::Uti => self.uti = text(&v),
-            Field::Jti => self.jti = text(&v),
+            Field::Uti => self.uti = text(v),
+            Field::Jti => self.jti = text(v),
             Field::Iat => self.iat = seconds(&v),
             Field::Exp => self.exp = seconds(&v),
             Field::Nbf => self.nbf = seconds(&v),
             Field::Amr => self.amr = list(v),
-            Field::Idtyp => self.idtyp = text(&v),
-            Field::Idp => self.idp = text(&v),
+            Field::Idtyp => self.idtyp = text(v),
+            Field::Idp => self.idp = text(v),
             Field::Acct => self.acct = seconds(&v),
-            Field::XmsMirid => self.xms_mirid = text(&v).is_some(),
+            Field::XmsMirid => self.xms_mirid = text(v).is_some(),
+        }
+    }
+
+    /// The same claims, owning every value (free for claims read from JSON).
+    pub fn into_owned(self) -> Claims<'static> {
+        let o = |v: Option<Cow<'a, str>>| v.map(|s| Cow::Owned(s.into_owned()));
+        Claims {
+            tid: o(self.tid),
+            oid: o(self.oid),
+            sub: o(self.sub),
+            upn: o(self.upn),
+            preferred_username: o(self.preferred_username),
+            unique_name: o(self.unique_name),
+            email: o(self.email),
+            name: o(self.name),
+            azp: o(self.azp),
+            appid: o(self.appid),
+            groups: self.groups,
+            groups_overage: self.groups_overage,
+            roles: self.roles,
+            scopes: self.scopes,
+            iss: o(self.iss),
+            aud: self.aud.map(|a| match a {
+                Audience::One(s) => Audience::One(Cow::Owned(s.into_owned())),
+                Audience::List(l) => Audience::List(l),
+            }),
+            ver: o(self.ver),
+            uti: o(self.uti),
+            jti: o(self.jti),
+            iat: self.iat,
+            exp: self.exp,
+            nbf: self.nbf,
+            amr: self.amr,
+            idtyp: o(self.idtyp),
+            idp: o(self.idp),
+            acct: self.acct,
+            xms_mirid: self.xms_mirid,
         }
     }
 
@@ -286,27 +355,45 @@ impl Claims {
         self.uti.as_deref().or(self.jti.as_deref())
     }
 
+    /// Whether `aud` was a list.
+    pub fn aud_is_list(&self) -> bool {
+        matches!(self.aud, Some(Audience::List(_)))
+    }
+
+    /// Every `aud` value, in order.
+    pub fn audiences(&self) -> impl Iterator<Item = &str> {
+        let (one, list) = match &self.aud {
+            Some(Audience::One(s)) => (Some(&**s), &[][..]),
+            Some(Audience::List(l)) => (None, &l[..]),
+            None => (None, &[][..]),
+        };
+        one.into_iter().chain(list.iter().map(String::as_str))
+    }
+
     /// The `audience` column: the configured audience that matched when `aud` is a list, else
     /// the first value.
-    pub fn audience_column<'a>(&'a self, configured: &'a [String]) -> Option<&'a str> {
-        let aud = self.aud.as_deref()?;
-        if self.aud_is_list {
-            if let Some(m) = configured
+    pub fn audience_column<'s>(&'s self, configured: &'s [String]) -> Option<&'s str> {
+        match self.aud.as_ref()? {
+            Audience::One(s) => Some(s),
+            Audience::List(aud) => configured
                 .iter()
                 .find(|c| aud.iter().any(|a| audience_matches(a, c)))
-            {
-                return Some(m);
-            }
+                .map(String::as_str)
+                .or(aud.first().map(String::as_str)),
         }
-        aud.first().map(String::as_str)
     }
 
     /// A rough size in bytes, for bounding the verification cache by memory.
     pub fn approx_bytes(&self) -> usize {
-        let s = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 24);
+        let s = |o: &Option<Cow<'_, str>>| o.as_ref().map_or(0, |s| s.len() + 24);
         let l = |o: &Option<Vec<String>>| {
             o.as_ref()
                 .map_or(0, |v| 24 + v.iter().map(|s| s.len() + 24).sum::<usize>())
+        };
+        let aud = match &self.aud {
+            Some(Audience::One(a)) => a.len() + 24,
+            Some(Audience::List(a)) => 24 + a.iter().map(|s| s.len() + 24).sum::<usize>(),
+            None => 0,
         };
         std::mem::size_of::<Claims>()
             + s(&self.tid)
@@ -328,7 +415,7 @@ impl Claims {
             + l(&self.groups)
             + l(&self.roles)
             + l(&self.scopes)
-            + l(&self.aud)
+            + aud
             + l(&self.amr)
     }
 }
@@ -341,9 +428,9 @@ pub fn audience_matches(token_aud: &str, configured: &str) -> bool {
 }
 
 /// A non-empty string claim (an empty string is as good as absent: NULL, never "").
-fn text(v: &ClaimValue<'_>) -> Option<String> {
+fn text(v: ClaimValue<'_>) -> Option<Cow<'_, str>> {
     match v {
-        ClaimValue::Str(s) if !s.is_empty() => Some((*s).to_owned()),
+        ClaimValue::Str(s) if !s.is_empty() => Some(s),
         _ => None,
     }
 }
@@ -352,7 +439,7 @@ fn text(v: &ClaimValue<'_>) -> Option<String> {
 fn list(v: ClaimValue<'_>) -> Option<Vec<String>> {
     match v {
         ClaimValue::List(items) => Some(items),
-        ClaimValue::Str(s) => Some(vec![s.to_owned()]),
+        ClaimValue::Str(s) => Some(vec![s.into_owned()]),
         _ => None,
     }
 }
@@ -444,7 +531,7 @@ mod tests {
             "present but empty stays an empty list"
         );
         assert!(c.groups_overage);
-        assert!(c.aud_is_list);
+        assert!(c.aud_is_list());
         assert_eq!(c.exp, Some(1772450400));
         assert_eq!(c.user_principal(), Some("ada@contoso.example"));
         assert_eq!(c.app_id(), Some("app1"));

@@ -95,7 +95,7 @@ pub fn tenant_of_issuer(iss: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn claims(json: &str) -> Claims {
+    fn claims(json: &str) -> Claims<'static> {
         Claims::from_json(json.as_bytes()).expect("test claims are JSON")
     }
 

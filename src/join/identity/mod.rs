@@ -409,8 +409,8 @@ impl IdentityResolver {
             }
             None => {
                 // Nothing readable: the caller is whoever the connection says.
-                write_without_claims(rec, judged.status);
-                rec.identity_source = source.to_owned();
+                rec.identity_kind = peer_kind(rec).0.to_owned();
+                set_source(rec, source, judged.status);
             }
         }
     }
@@ -426,19 +426,24 @@ fn set_source(rec: &mut AuditRecord, source: &'static str, status: &'static str)
 /// alone (`source_workload` from `downstream_peer`) is `peer_metadata`, a claim the other proxy
 /// made, which reports and dashboards keep apart from certificate-backed identities.
 fn write_without_claims(rec: &mut AuditRecord, status: &'static str) {
-    let (kind, source) = if rec.source_principal.is_some() {
+    let (kind, source) = peer_kind(rec);
+    rec.identity_kind = kind.to_owned();
+    set_source(rec, source, status);
+}
+
+/// `identity_kind` and `identity_source` of a record without claims (see above).
+fn peer_kind(rec: &AuditRecord) -> (&'static str, &'static str) {
+    if rec.source_principal.is_some() {
         (values::KIND_WORKLOAD, values::SOURCE_MTLS)
     } else if rec.source_workload.is_some() {
         (values::KIND_WORKLOAD, values::SOURCE_PEER_METADATA)
     } else {
         (values::KIND_ANONYMOUS, values::SOURCE_NONE)
-    };
-    rec.identity_kind = kind.to_owned();
-    set_source(rec, source, status);
+    }
 }
 
 /// The jwt_authn claims Struct: `payload`, or the older issuer-keyed entry.
-fn jwt_metadata(filter_metadata: &[BytesEntry]) -> Result<Option<Claims>, StructError> {
+fn jwt_metadata(filter_metadata: &[BytesEntry]) -> Result<Option<Claims<'_>>, StructError> {
     let Some(ns) = filter_metadata
         .iter()
         .rev()

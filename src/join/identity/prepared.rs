@@ -64,12 +64,17 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(c: Claims, audiences: &[String]) -> Prepared {
+    /// Each value the record uses is copied once (or moved, when the claims own it); claims
+    /// the record does not use are dropped without being copied.
+    pub fn new(c: Claims<'_>, audiences: &[String]) -> Prepared {
         let base = classify::base_kind(&c);
         let micros = |s: Option<i64>| s.and_then(|s| s.checked_mul(1_000_000));
         let audience = c.audience_column(audiences).map(str::to_owned);
-        let user_principal = c.user_principal().map(str::to_owned);
-        let token_id = c.token_id().map(str::to_owned);
+        let own = |v: Option<std::borrow::Cow<'_, str>>| v.map(std::borrow::Cow::into_owned);
+        let user_principal = match (c.upn, c.preferred_username, c.unique_name, c.email) {
+            (Some(v), ..) | (None, Some(v), ..) | (None, None, Some(v), _) => Some(v),
+            (None, None, None, v) => v,
+        };
         let list = |v: Option<Vec<String>>| v.map(|values| StringList { values });
         Prepared {
             base,
@@ -77,21 +82,21 @@ impl Prepared {
             exp: c.exp,
             nbf: c.nbf,
             cols: IdentityColumns {
-                tenant_id: c.tid,
-                object_id: c.oid,
-                subject: c.sub,
-                user_principal,
-                display_name: c.name,
-                app_id: c.azp.or(c.appid),
+                tenant_id: own(c.tid),
+                object_id: own(c.oid),
+                subject: own(c.sub),
+                user_principal: own(user_principal),
+                display_name: own(c.name),
+                app_id: own(c.azp.or(c.appid)),
                 groups: list(c.groups),
                 // A token was examined: overage is known, true or false.
                 groups_overage: Some(c.groups_overage),
                 roles: list(c.roles),
                 scopes: list(c.scopes),
-                issuer: c.iss,
+                issuer: own(c.iss),
                 audience,
-                token_version: c.ver,
-                token_id,
+                token_version: own(c.ver),
+                token_id: own(c.uti.or(c.jti)),
                 token_issued_at: micros(c.iat),
                 token_expires_at: micros(c.exp),
                 auth_methods: list(c.amr),

@@ -244,10 +244,9 @@ impl Verifier {
 
     /// One of the token's audiences is a configured one.
     fn audience_ok(&self, claims: &Claims) -> bool {
-        claims.aud.as_deref().is_some_and(|aud| {
-            aud.iter()
-                .any(|a| self.audiences.iter().any(|c| audience_matches(a, c)))
-        })
+        claims
+            .audiences()
+            .any(|a| self.audiences.iter().any(|c| audience_matches(a, c)))
     }
 
     fn stale_fallback(&self, checked: Arc<Checked>) -> Judged {
