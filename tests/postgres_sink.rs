@@ -663,3 +663,126 @@ fn records_reach_a_postgres_that_accepts_tls_only() {
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
 }
+
+/// The optimistic direct COPY is refused by a batch that repeats stored rows at its end (so the
+/// COPY gets far before the refusal) or an entry within itself; the staging path must then
+/// insert exactly the new rows once, and the batch digest must cover exactly those, in both
+/// the signed sink (rows de-duplicated before the COPY) and the unsigned one (an in-batch
+/// duplicate reaches the direct COPY and must send the batch to the fallback).
+#[test]
+fn a_partly_replayed_batch_inserts_and_digests_only_its_new_rows() {
+    use std::sync::Arc;
+
+    use meshaudit::record::AuditRecord;
+    use meshaudit::store::digest::key::SigningKey;
+    use meshaudit::store::digest::Signer;
+    use meshaudit::store::metrics::StoreMetrics;
+    use meshaudit::store::postgres::bench::synthetic_records;
+    use meshaudit::store::postgres::url::DatabaseUrl;
+    use meshaudit::store::postgres::{PostgresConfig, PostgresSink, Written};
+
+    let pg = PgCluster::start();
+    let url = pg.create_db("partly");
+    let cfg = PostgresConfig {
+        url: DatabaseUrl::new(url),
+        migrate_on_start: true,
+        retention_days: None,
+    };
+    let records = synthetic_records(40, 11);
+    let r: Vec<&AuditRecord> = records.iter().collect();
+    rt().block_on(async {
+        let signer = Signer {
+            key: Arc::new(SigningKey::generate().expect("key")),
+            instance_id: "partly".into(),
+        };
+        let mut sink = PostgresSink::start_signed(&cfg, Arc::new(StoreMetrics::default()), signer)
+            .await
+            .expect("signed sink");
+        let w = sink
+            .write(r[..10].iter().copied())
+            .await
+            .expect("new batch");
+        assert_eq!(
+            w,
+            Written {
+                inserted: 10,
+                duplicates: 0
+            }
+        );
+        // Ten new rows, then one of them again and two rows stored by the first batch.
+        let batch: Vec<&AuditRecord> = r[10..20]
+            .iter()
+            .copied()
+            .chain([r[12], r[3], r[9]])
+            .collect();
+        let w = sink
+            .write(batch.iter().copied())
+            .await
+            .expect("partly replayed");
+        assert_eq!(
+            w,
+            Written {
+                inserted: 10,
+                duplicates: 3
+            }
+        );
+        let w = sink.write(r[..20].iter().copied()).await.expect("replayed");
+        assert_eq!(
+            w,
+            Written {
+                inserted: 0,
+                duplicates: 20
+            }
+        );
+    });
+    assert_eq!(pg.count("partly", COUNT), 20);
+    assert_eq!(pg.count("partly", DISTINCT), 20);
+    assert_eq!(
+        pg.psql(
+            "partly",
+            "SELECT string_agg(record_count::text, ',' ORDER BY seq) FROM audit_digests \
+             WHERE kind = 'batch'"
+        ),
+        "10,10",
+        "one digest per batch that inserted rows, covering only those"
+    );
+    assert_eq!(
+        pg.count(
+            "partly",
+            "SELECT count(DISTINCT u) FROM audit_digests, unnest(record_ids) u"
+        ),
+        20
+    );
+
+    rt().block_on(async {
+        let mut sink = PostgresSink::start(&cfg, Arc::new(StoreMetrics::default()))
+            .await
+            .expect("unsigned sink");
+        let batch = [r[20], r[21], r[20], r[22]];
+        let w = sink
+            .write(batch.iter().copied())
+            .await
+            .expect("in-batch dup");
+        assert_eq!(
+            w,
+            Written {
+                inserted: 3,
+                duplicates: 1
+            }
+        );
+        let batch = [r[23], r[24], r[5]];
+        let w = sink
+            .write(batch.iter().copied())
+            .await
+            .expect("stored at the end");
+        assert_eq!(
+            w,
+            Written {
+                inserted: 2,
+                duplicates: 1
+            }
+        );
+    });
+    assert_eq!(pg.count("partly", COUNT), 25);
+    assert_eq!(pg.count("partly", DISTINCT), 25);
+}
