@@ -79,6 +79,8 @@ fn postgres_rows_equal_parquet_rows_for_the_same_input() {
     wait_for("130 rows in postgres", Duration::from_secs(30), || {
         pg.count("equal", COUNT) == 130
     });
+    // New records take the direct COPY; none needed the staging fallback.
+    assert_eq!(c.metric("meshaudit_postgres_batches_staged_total"), 0);
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
 
@@ -259,6 +261,8 @@ fn the_same_messages_sent_twice_are_stored_once() {
         c.metric("meshaudit_postgres_rows_duplicate_total") == 70
     });
     assert_eq!(c.metric("meshaudit_postgres_rows_inserted_total"), 70);
+    // The re-sent copies were refused by the direct COPY and went through staging.
+    assert!(c.metric("meshaudit_postgres_batches_staged_total") >= 1);
     let (status, out) = c.stop();
     assert!(status.success(), "exit {status}:\n{out}");
     assert_eq!(pg.count("resend", COUNT), 70);

@@ -85,6 +85,8 @@ pub struct StoreMetrics {
     pub postgres_rows_duplicate: AtomicU64,
     /// Rows Postgres refused for a data reason, kept in `audit_rejects` (postgres/reject.rs).
     pub postgres_rows_rejected: AtomicU64,
+    /// Batches whose direct COPY was refused and that went through staging + ON CONFLICT.
+    pub postgres_batches_staged: AtomicU64,
     sinks: [SinkMetrics; 2],
 }
 
@@ -231,6 +233,12 @@ impl StoreMetrics {
                 Kind::Counter,
                 "rows postgres refused for a data reason, kept in audit_rejects",
                 g(&self.postgres_rows_rejected),
+            ),
+            one(
+                "postgres_batches_staged",
+                Kind::Counter,
+                "batches whose direct COPY postgres refused (a replay or re-send, or another refusal logged at warn), written through staging + ON CONFLICT DO NOTHING",
+                g(&self.postgres_batches_staged),
             ),
         ];
         type PerSink = (

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection};
 use thiserror::Error;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use self::url::DatabaseUrl;
 use crate::record::{AuditRecord, COLUMNS};
@@ -448,10 +448,13 @@ impl PostgresSink {
         };
         copy::trailer(&mut buf);
         let sql = std::mem::take(&mut self.sql);
+        let metrics = Arc::clone(&self.metrics);
         let conn = self.conn().await;
         let result = match (conn, &mut digests, &prepared) {
-            (Ok(conn), Some(d), Some(p)) => copy_and_insert(conn, &sql, &buf, Some((d, p))).await,
-            (Ok(conn), _, _) => copy_and_insert(conn, &sql, &buf, None).await,
+            (Ok(conn), Some(d), Some(p)) => {
+                copy_and_insert(conn, &sql, &buf, Some((d, p)), &metrics).await
+            }
+            (Ok(conn), _, _) => copy_and_insert(conn, &sql, &buf, None, &metrics).await,
             (Err(e), _, _) => Err(e),
         };
         self.digests = digests;
@@ -511,6 +514,7 @@ async fn copy_and_insert(
     sql: &Sql,
     data: &[u8],
     digest: Option<(&mut PgDigests, &Prepared<'_>)>,
+    metrics: &StoreMetrics,
 ) -> Result<u64, PgError> {
     let mut tx = conn
         .begin()
@@ -531,7 +535,15 @@ async fn copy_and_insert(
         // The server refused the rows (most often: some are already stored); the connection
         // is sound and the transaction goes on from the savepoint.
         Err(sqlx::Error::Database(db)) => {
-            debug!(sqlstate = ?db.code(), "direct COPY refused; inserting through staging");
+            metrics.postgres_batches_staged.fetch_add(1, Relaxed);
+            let sqlstate = db.code().unwrap_or_default();
+            if sqlstate == UNIQUE_VIOLATION {
+                debug!("direct COPY refused (rows already stored); inserting through staging");
+            } else if !WARNED_OTHER_REFUSAL.swap(true, Relaxed) {
+                // Not a replay: something refuses every direct COPY (a trigger, row-level
+                // security, a lock timeout), and each batch then pays for both paths.
+                warn!(sqlstate = %sqlstate, reason = %url::redact(db.message()), "postgres refused a direct COPY into audit_records for a reason other than rows already stored; batches go through the slower staging path (counted in meshaudit_postgres_batches_staged_total; logged once)");
+            }
             sqlx::query(AssertSqlSafe(ROLLBACK_TO_SAVEPOINT))
                 .execute(&mut *tx)
                 .await
@@ -570,6 +582,9 @@ async fn copy_and_insert(
 }
 
 const SAVEPOINT: &str = "SAVEPOINT meshaudit_direct";
+const UNIQUE_VIOLATION: &str = "23505";
+static WARNED_OTHER_REFUSAL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT meshaudit_direct";
 
 /// The direct COPY; its server-side refusal is returned as is for [`copy_and_insert`] to tell
