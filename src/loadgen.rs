@@ -5,8 +5,12 @@
 //! The generator must never be the bottleneck: every message is encoded once, up front
 //! ([`corpus`]), and sending one is a copy into the gRPC frame while overwriting each entry's
 //! 12-character `stream_id` placeholder with a unique number (so every entry sent is a distinct
-//! record). Without `--rate` each stream sends as fast as HTTP/2 flow control lets it; with
-//! `--rate` each stream paces itself to `rate / streams` entries per second.
+//! record). Without `--rate` each stream sends full ~16 KiB batches as fast as HTTP/2 flow
+//! control lets it. With `--rate` each stream produces `rate / streams` entries per second and
+//! sends them as Envoy's gRPC access logger does: buffered, flushed every
+//! `--flush-interval-ms` (Envoy's `buffer_flush_interval`, 1 s) or as soon as the buffer holds
+//! 16 KiB (`buffer_size_bytes`), whichever comes first. At a mesh's normal per-proxy rate a
+//! message then carries one or a few entries, not a full batch.
 //!
 //! A stream carries HTTP and TCP messages mixed in the `--tcp-share` proportion (of entries).
 //! Envoy keeps them on separate streams; mixing them here keeps the share exact for any number of
@@ -55,6 +59,10 @@ pub struct LoadgenOptions {
     /// Target entries per second over all streams [default: as fast as possible].
     #[arg(long, value_name = "RECORDS_PER_SEC")]
     pub rate: Option<f64>,
+    /// With --rate: each stream flushes its buffered entries this often (Envoy's
+    /// `buffer_flush_interval`), or sooner once they reach 16 KiB.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub flush_interval_ms: u64,
     /// Distinct fake bearer tokens in the logged authorization headers.
     #[arg(long, value_name = "POOL_SIZE", default_value_t = 1000)]
     pub tokens: usize,
@@ -146,6 +154,13 @@ impl LoadgenOptions {
                     "give a positive rate, or omit --rate for the maximum",
                 );
             }
+        }
+        if self.flush_interval_ms == 0 || self.flush_interval_ms > 3_600_000 {
+            return bad(
+                "flush-interval-ms",
+                format!("{}", self.flush_interval_ms),
+                "use 1 to 3600000 milliseconds",
+            );
         }
         if self.tokens == 0 || self.tokens > corpus::MAX_TOKENS {
             return bad(
@@ -276,6 +291,8 @@ pub async fn run(opts: &LoadgenOptions) -> Result<LoadgenReport, LoadgenError> {
             },
             tcp_share: opts.tcp_share,
             per_stream_rate,
+            // OTLP exporters batch differently; their pre-built requests are paced as they are.
+            flush_interval: (!opts.otlp).then(|| Duration::from_millis(opts.flush_interval_ms)),
             deadline,
             counters,
         };
@@ -331,6 +348,8 @@ struct StreamPlan {
     identifier: Bytes,
     tcp_share: f64,
     per_stream_rate: Option<f64>,
+    /// With a rate: Envoy-like buffering, flushed at this interval or at 16 KiB.
+    flush_interval: Option<Duration>,
     deadline: Instant,
     counters: Arc<Counters>,
 }
@@ -339,9 +358,22 @@ struct StreamPlan {
 struct Outgoing {
     corpus: Arc<Corpus>,
     tcp: bool,
+    /// A pre-encoded message of `corpus.http`/`tcp`, or with `run` the first of `run` entries
+    /// of `corpus.http_entries`/`tcp_entries` (wrapping around).
     index: usize,
+    run: Option<usize>,
     identifier: Option<Bytes>,
     first_entry: u64,
+}
+
+/// The entries of one kind a paced stream has buffered since its last flush: `count` entries
+/// of the corpus from `start`, the first being the kind's `first_seq`-th.
+#[derive(Default)]
+struct Buffered {
+    start: usize,
+    count: usize,
+    bytes: usize,
+    first_seq: u64,
 }
 
 /// The state of a stream's message sequence.
@@ -353,19 +385,33 @@ struct Cursor {
     tcp_sent: u64,
     identified: bool,
     started: Instant,
+    /// Paced streams: when the flush timer fires next.
+    next_tick: Instant,
+    /// Paced streams: messages of the current flush not yet handed to the stream.
+    pending: std::collections::VecDeque<Outgoing>,
+    /// Paced streams: the HTTP and the TCP buffer.
+    buffered: [Buffered; 2],
 }
 
 impl Cursor {
     fn new(plan: StreamPlan) -> Self {
         // Streams start at different places in the corpus, as different proxies would.
         let spread = |len: usize| plan.index.wrapping_mul(7919) % len.max(1);
+        let started = Instant::now();
+        // Proxies' flush timers are not in step: each stream's fires at its own phase.
+        let phase = plan.flush_interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64((plan.index as f64 * 0.618_033_988_75).fract())
+        });
         Cursor {
+            next_tick: started + phase,
+            pending: std::collections::VecDeque::new(),
+            buffered: Default::default(),
             next_http: spread(plan.corpus.http.len()),
             next_tcp: spread(plan.corpus.tcp.len()),
             http_sent: 0,
             tcp_sent: 0,
             identified: false,
-            started: Instant::now(),
+            started,
             plan,
         }
     }
@@ -381,6 +427,13 @@ impl Cursor {
     }
 
     async fn next(&mut self) -> Option<Outgoing> {
+        if let (Some(rate), Some(interval)) = (self.plan.per_stream_rate, self.plan.flush_interval)
+        {
+            if self.plan.corpus.http_entries.is_empty() && self.plan.corpus.tcp_entries.is_empty() {
+                return None;
+            }
+            return self.next_buffered(rate, interval).await;
+        }
         let sent = self.http_sent + self.tcp_sent;
         if let Some(rate) = self.plan.per_stream_rate {
             let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
@@ -422,10 +475,123 @@ impl Cursor {
             corpus: Arc::clone(&self.plan.corpus),
             tcp,
             index,
+            run: None,
             identifier,
             first_entry: ((self.plan.index as u64) << STREAM_SHIFT) | sent,
         })
     }
+
+    /// Envoy's buffering: entry `i` is produced at `started + i / rate` into its kind's buffer
+    /// (Envoy's HTTP and TCP loggers buffer apart); a buffer is flushed as one message as soon
+    /// as it holds 16 KiB, and both are flushed when the timer fires (every `interval`; nothing
+    /// is sent for an empty buffer) and at the deadline.
+    async fn next_buffered(&mut self, rate: f64, interval: Duration) -> Option<Outgoing> {
+        loop {
+            if let Some(out) = self.pending.pop_front() {
+                return Some(out);
+            }
+            let n = self.http_sent + self.tcp_sent;
+            let due = self.started + Duration::from_secs_f64(n as f64 / rate);
+            if due < self.plan.deadline && due <= self.next_tick {
+                let tcp = self.next_is_tcp();
+                let (pool, next, sent) = if tcp {
+                    (
+                        &self.plan.corpus.tcp_entries,
+                        &mut self.next_tcp,
+                        &mut self.tcp_sent,
+                    )
+                } else {
+                    (
+                        &self.plan.corpus.http_entries,
+                        &mut self.next_http,
+                        &mut self.http_sent,
+                    )
+                };
+                let entry = pool.get(*next)?;
+                let buf = &mut self.buffered[usize::from(tcp)];
+                if buf.count == 0 {
+                    buf.start = *next;
+                    buf.first_seq = *sent;
+                }
+                buf.count += 1;
+                buf.bytes += entry.bytes.len();
+                *next = (*next + 1) % pool.len();
+                *sent += 1;
+                if buf.bytes >= corpus::ENVOY_BUFFER_BYTES {
+                    tokio::time::sleep_until(due.into()).await;
+                    self.flush(tcp);
+                }
+                continue;
+            }
+            let flush_at = self.next_tick.min(self.plan.deadline);
+            let empty = self.buffered.iter().all(|b| b.count == 0);
+            if empty && self.next_tick >= self.plan.deadline {
+                return None;
+            }
+            tokio::time::sleep_until(flush_at.into()).await;
+            if flush_at == self.next_tick {
+                self.next_tick += interval;
+            }
+            self.flush(false);
+            self.flush(true);
+        }
+    }
+
+    /// Queues the buffered entries of one kind as a message.
+    fn flush(&mut self, tcp: bool) {
+        let buf = std::mem::take(&mut self.buffered[usize::from(tcp)]);
+        if buf.count > 0 {
+            // Numbers: stream index on top, then the kind, then the kind's own sequence.
+            let first_entry = ((self.plan.index as u64) << STREAM_SHIFT)
+                | (u64::from(tcp) << (STREAM_SHIFT - 1))
+                | buf.first_seq;
+            let out = self.run_message(tcp, buf.start, buf.count, first_entry);
+            self.pending.push_back(out);
+        }
+    }
+
+    /// The message of `count` entries from `start` (counted as sent here).
+    fn run_message(&mut self, tcp: bool, start: usize, count: usize, first_entry: u64) -> Outgoing {
+        let pool = if tcp {
+            &self.plan.corpus.tcp_entries
+        } else {
+            &self.plan.corpus.http_entries
+        };
+        let mut bytes = 0;
+        let mut denied = 0;
+        for i in 0..count {
+            let e = &pool[(start + i) % pool.len()];
+            bytes += e.bytes.len();
+            denied += u64::from(e.denied);
+        }
+        let identifier = (!self.identified).then(|| self.plan.identifier.clone());
+        self.identified = true;
+        let c = &self.plan.counters;
+        c.messages.fetch_add(1, Relaxed);
+        c.bytes.fetch_add(
+            (run_header_len(bytes) + bytes + identifier.as_ref().map_or(0, Bytes::len)) as u64,
+            Relaxed,
+        );
+        c.denied_entries.fetch_add(denied, Relaxed);
+        let entries = if tcp { &c.tcp_entries } else { &c.http_entries };
+        entries.fetch_add(count as u64, Relaxed);
+        Outgoing {
+            corpus: Arc::clone(&self.plan.corpus),
+            tcp,
+            index: start,
+            run: Some(count),
+            identifier,
+            first_entry,
+        }
+    }
+}
+
+/// `StreamAccessLogsMessage` fields `http_logs` (2) and `tcp_logs` (3), length-delimited.
+const HTTP_LOGS_TAG: u8 = 2 << 3 | 2;
+const TCP_LOGS_TAG: u8 = 3 << 3 | 2;
+
+fn run_header_len(body: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(body as u64)
 }
 
 async fn send_stream(channel: Channel, plan: StreamPlan) -> Result<(), Status> {
@@ -490,6 +656,20 @@ impl Encoder for RawCodec {
     type Error = Status;
 
     fn encode(&mut self, item: Outgoing, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        if let Some(count) = item.run {
+            if let Some(id) = &item.identifier {
+                buf.put_slice(id);
+            }
+            write_run(
+                &item.corpus,
+                item.tcp,
+                item.index,
+                count,
+                item.first_entry,
+                buf,
+            );
+            return Ok(());
+        }
         let pool = if item.tcp {
             &item.corpus.tcp
         } else {
@@ -503,6 +683,34 @@ impl Encoder for RawCodec {
         }
         write_patched(&msg.bytes, &msg.patches, item.first_entry, buf);
         Ok(())
+    }
+}
+
+/// A message of `count` single entries from `start`, entry `first + i` numbered as in
+/// [`write_patched`].
+fn write_run(
+    corpus: &Corpus,
+    tcp: bool,
+    start: usize,
+    count: usize,
+    first: u64,
+    out: &mut impl BufMut,
+) {
+    let (pool, tag) = if tcp {
+        (&corpus.tcp_entries, TCP_LOGS_TAG)
+    } else {
+        (&corpus.http_entries, HTTP_LOGS_TAG)
+    };
+    if pool.is_empty() {
+        return;
+    }
+    let entry = |i: usize| &pool[(start + i) % pool.len()];
+    let body: usize = (0..count).map(|i| entry(i).bytes.len()).sum();
+    out.put_u8(tag);
+    prost::encoding::encode_varint(body as u64, out);
+    for i in 0..count {
+        let e = entry(i);
+        write_patched(&e.bytes, &[e.patch], first + i as u64, out);
     }
 }
 
@@ -555,6 +763,7 @@ mod tests {
             raw_tokens_jwks_out: None,
             seed: 1,
             otlp: false,
+            flush_interval_ms: 1000,
         }
     }
 
@@ -562,7 +771,8 @@ mod tests {
     fn options_are_validated_with_the_flag_named() {
         assert!(opts().validate().is_ok());
         type Break = fn(&mut LoadgenOptions);
-        let cases: [(Break, &str); 8] = [
+        let cases: [(Break, &str); 9] = [
+            (|o| o.flush_interval_ms = 0, "--flush-interval-ms"),
             (|o| o.streams = 0, "--streams"),
             (|o| o.streams = MAX_STREAMS + 1, "--streams"),
             (|o| o.connections = 5, "--connections"),
@@ -598,6 +808,7 @@ mod tests {
             identifier: Bytes::from_static(b"ID"),
             tcp_share,
             per_stream_rate: None,
+            flush_interval: None,
             deadline: Instant::now() + Duration::from_secs(600),
             counters: Arc::new(Counters::default()),
         }
@@ -678,5 +889,111 @@ mod tests {
             "sent {}",
             c.http_sent
         );
+    }
+
+    fn small_corpus() -> Arc<Corpus> {
+        Arc::new(Corpus::generate(&CorpusSpec {
+            tokens: 5,
+            deny_ratio: 0.1,
+            seed: 3,
+            now_unix: 1_772_446_504,
+        }))
+    }
+
+    /// Sends a paced stream to its end and returns its messages as the collector would read
+    /// them: (TCP?, stream ids of its entries).
+    async fn paced_messages(
+        rate: f64,
+        interval_ms: u64,
+        for_ms: u64,
+        tcp_share: f64,
+    ) -> Vec<(bool, Vec<String>)> {
+        use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
+        use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage as Full;
+        use prost::Message as _;
+        let mut p = plan(small_corpus(), tcp_share, 5);
+        p.per_stream_rate = Some(rate);
+        p.flush_interval = Some(Duration::from_millis(interval_ms));
+        p.deadline = Instant::now() + Duration::from_millis(for_ms);
+        let mut c = Cursor::new(p);
+        let mut out = Vec::new();
+        while let Some(item) = c.next().await {
+            let mut buf = Vec::new();
+            let count = item.run.expect("a paced stream sends runs of entries");
+            write_run(
+                &item.corpus,
+                item.tcp,
+                item.index,
+                count,
+                item.first_entry,
+                &mut buf,
+            );
+            let msg = Full::decode(buf.as_slice()).expect("a run is a valid message");
+            let ids = match msg.log_entries.expect("entries") {
+                LogEntries::HttpLogs(h) => h
+                    .log_entry
+                    .iter()
+                    .map(|e| {
+                        e.common_properties
+                            .as_ref()
+                            .expect("common")
+                            .stream_id
+                            .clone()
+                    })
+                    .collect::<Vec<_>>(),
+                LogEntries::TcpLogs(t) => t
+                    .log_entry
+                    .iter()
+                    .map(|e| {
+                        e.common_properties
+                            .as_ref()
+                            .expect("common")
+                            .stream_id
+                            .clone()
+                    })
+                    .collect(),
+            };
+            assert_eq!(ids.len(), count);
+            out.push((item.tcp, ids));
+        }
+        let sent =
+            c.plan.counters.http_entries.load(Relaxed) + c.plan.counters.tcp_entries.load(Relaxed);
+        let got: usize = out.iter().map(|(_, ids)| ids.len()).sum();
+        assert_eq!(sent, got as u64, "counted as sent = what the messages hold");
+        out
+    }
+
+    #[tokio::test]
+    async fn a_slow_paced_stream_flushes_small_messages_at_its_interval() {
+        // 20 entries/s flushed every 100 ms for 1 s: ~2 entries per flush, ~10 flushes, as an
+        // Envoy at that rate sends (not 16 KiB batches every ~0.25 s).
+        let msgs = paced_messages(20.0, 100, 1000, 0.0).await;
+        let entries: usize = msgs.iter().map(|(_, ids)| ids.len()).sum();
+        assert!((15..=21).contains(&entries), "{entries} entries");
+        assert!((8..=11).contains(&msgs.len()), "{} messages", msgs.len());
+        assert!(
+            msgs.iter().all(|(tcp, ids)| !tcp && ids.len() <= 3),
+            "{msgs:?}"
+        );
+        // Every entry got its own number: placeholders all overwritten, none repeated.
+        let mut all: Vec<&String> = msgs.iter().flat_map(|(_, ids)| ids).collect();
+        assert!(all.iter().all(|id| !id.contains('#')), "{all:?}");
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), entries);
+    }
+
+    #[tokio::test]
+    async fn a_fast_paced_stream_flushes_at_16_kib_and_keeps_kinds_apart() {
+        // 2,000 entries/s of ~1-3 KB: the buffer fills long before the 1 s timer.
+        let msgs = paced_messages(2000.0, 1000, 300, 0.2).await;
+        // Each kind's buffer flushes at 16 KiB; only the last of each (at the deadline) is short.
+        let short = msgs.iter().filter(|(_, ids)| ids.len() <= 3).count();
+        assert!(short <= 2, "{short} short messages of {}", msgs.len());
+        let tcp: usize = msgs.iter().filter(|m| m.0).map(|m| m.1.len()).sum();
+        let all: usize = msgs.iter().map(|m| m.1.len()).sum();
+        assert!(all >= 400, "{all} entries in 0.3 s at 2,000/s");
+        let share = tcp as f64 / all as f64;
+        assert!((0.15..=0.25).contains(&share), "tcp share {share}");
     }
 }

@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 /// Overwritten per entry at send time; no generated field contains `#`.
 pub const PLACEHOLDER: &[u8; 12] = b"############";
 /// Envoy's default `buffer_size_bytes`: a logger flushes once its batch reaches this size.
-const ENVOY_BUFFER_BYTES: usize = 16 * 1024;
+pub const ENVOY_BUFFER_BYTES: usize = 16 * 1024;
 /// Fewest distinct entries of each kind, so that the stream does not repeat a short cycle.
 const MIN_ENTRIES: usize = 2048;
 /// Most distinct tokens (each needs its own HTTP entry in the corpus, ~3 KB each).
@@ -72,11 +72,28 @@ impl Message {
     }
 }
 
+/// One pre-encoded entry as the `log_entry` field of `HTTPAccessLogEntries` /
+/// `TCPAccessLogEntries` (tag, length, entry): any run of them, behind the message's
+/// `http_logs` / `tcp_logs` tag and length, is a message (what a paced stream sends when its
+/// flush interval ends before its buffer is full).
+#[derive(Debug)]
+pub struct Entry {
+    pub bytes: Bytes,
+    /// Offset of the entry's [`PLACEHOLDER`] in `bytes`.
+    pub patch: usize,
+    pub denied: bool,
+}
+
 /// The pre-encoded messages: HTTP and TCP kept apart, as Envoy's HTTP and TCP loggers are.
+/// `http` / `tcp` are full ~16 KiB batches (what a busy proxy sends); `http_entries` /
+/// `tcp_entries` are the same entries one by one, in the same order, for messages of any size.
+/// Both are empty for an OTLP corpus.
 #[derive(Debug)]
 pub struct Corpus {
     pub http: Vec<Message>,
     pub tcp: Vec<Message>,
+    pub http_entries: Vec<Entry>,
+    pub tcp_entries: Vec<Entry>,
     pub tokens: usize,
 }
 
@@ -173,6 +190,8 @@ impl Corpus {
                 (g.tcp_entry(i, denied), denied)
             })
             .collect();
+        let http_entries = singles(&http);
+        let tcp_entries = singles(&tcp);
         Corpus {
             http: batch(http, |log_entry| {
                 LogEntries::HttpLogs(HttpAccessLogEntries { log_entry })
@@ -180,6 +199,8 @@ impl Corpus {
             tcp: batch(tcp, |log_entry| {
                 LogEntries::TcpLogs(TcpAccessLogEntries { log_entry })
             }),
+            http_entries,
+            tcp_entries,
             tokens: tokens.len(),
         }
     }
@@ -190,6 +211,25 @@ impl Corpus {
 fn spread(i: usize, ratio: f64) -> bool {
     let upto = |n: usize| (n as f64 * ratio).floor() as u64;
     upto(i + 1) > upto(i)
+}
+
+/// Each entry encoded on its own as field 1 (`log_entry`) of its entries message.
+fn singles<E: prost::Message>(entries: &[(E, bool)]) -> Vec<Entry> {
+    entries
+        .iter()
+        .map(|(entry, denied)| {
+            let mut buf = Vec::with_capacity(entry.encoded_len() + 8);
+            prost::encoding::message::encode(1, entry, &mut buf);
+            let bytes = Bytes::from(buf);
+            // Every generated entry carries exactly one placeholder (its stream_id).
+            let patch = placeholders(&bytes).first().copied().unwrap_or(0);
+            Entry {
+                bytes,
+                patch,
+                denied: *denied,
+            }
+        })
+        .collect()
 }
 
 /// Groups entries into messages as Envoy does: append until the batch reaches ~16 KiB.

@@ -31,6 +31,8 @@ pub fn convert(corpus: &Corpus, node_id: &str, cluster: &str) -> Corpus {
     Corpus {
         http: conv(&corpus.http),
         tcp: conv(&corpus.tcp),
+        http_entries: Vec::new(),
+        tcp_entries: Vec::new(),
         tokens: corpus.tokens,
     }
 }
