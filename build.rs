@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = prost_build::Config::new();
     // The ALS and OTLP subsets declare Envoy's strings as `bytes` so that decoding from a `Bytes`
     // buffer slices it instead of copying: see proto/meshaudit/v1/als_subset.proto.
-    cfg.bytes([".meshaudit.wire.v1", ".meshaudit.otlp.v1"]);
+    cfg.bytes([".meshaudit.wire.v1", ".meshaudit.otlp.v1", ".meshaudit.v1"]);
     cfg.compile_fds(fds)?;
     Ok(())
 }

@@ -118,8 +118,13 @@ fn bench(c: &mut Criterion) {
         let r = plain
             .join(&ctx, EntryType::Http, e, RECEIVED)
             .expect("joins");
-        groups.extend(r.groups.into_iter().flat_map(|l| l.values));
-        apps.extend(r.app_id);
+        groups.extend(
+            r.groups
+                .into_iter()
+                .flat_map(|l| l.values)
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        );
+        apps.extend(r.app_id.map(|v| String::from_utf8_lossy(&v).into_owned()));
     }
     let bytes = snapshot(&groups, &apps);
     eprintln!(
@@ -173,7 +178,7 @@ fn bench(c: &mut Criterion) {
     // The lookups alone: every group id and app id of the 100 records, against the loaded
     // 200,000-user directory (what the directory's size could make slow), without building
     // the record's group_names strings (what the contract column costs whatever the size).
-    let ids: Vec<(Vec<String>, Option<String>)> = entries
+    let ids: Vec<(Vec<bytes::Bytes>, Option<bytes::Bytes>)> = entries
         .iter()
         .map(|e| {
             let r = plain
@@ -192,10 +197,18 @@ fn bench(c: &mut Criterion) {
             let mut found = 0usize;
             for (groups, app) in &ids {
                 for id in groups {
-                    found += usize::from(loaded.group_name(black_box(id)).is_some());
+                    found += usize::from(
+                        loaded
+                            .group_name(black_box(meshaudit::record::text::as_str(id)))
+                            .is_some(),
+                    );
                 }
                 if let Some(a) = app {
-                    found += usize::from(loaded.app_name(black_box(a)).is_some());
+                    found += usize::from(
+                        loaded
+                            .app_name(black_box(meshaudit::record::text::as_str(a)))
+                            .is_some(),
+                    );
                 }
             }
             black_box(found)

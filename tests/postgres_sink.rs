@@ -65,7 +65,7 @@ fn spooled_ids(data_dir: &Path) -> BTreeSet<String> {
     meshaudit::store::spool::read_spooled(&data_dir.join("_spool"))
         .expect("read spool")
         .into_iter()
-        .map(|r| r.record_id)
+        .map(|r| String::from_utf8_lossy(&r.record_id).into_owned())
         .collect()
 }
 

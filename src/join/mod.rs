@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::ingest::pbstruct::StructError;
 use crate::ingest::wire::{HttpAccessLogEntry, Identifier, TcpAccessLogEntry};
 use crate::record::id::{record_id, EntryType};
-use crate::record::AuditRecord;
+use crate::record::{AuditRecord, TextExt};
 use identity::{IdentityResolver, KeyNeed};
 
 use redact::Redactor;
@@ -43,18 +43,21 @@ pub struct StreamContext {
     start_time_clamped: std::sync::Arc<std::sync::atomic::AtomicBool>,
     node_id_raw: Bytes,
     log_name_raw: Bytes,
-    node_id: Option<String>,
-    log_name: Option<String>,
-    mesh_cluster: Option<String>,
+    // Record text shared by every record of the stream (clones are reference counts).
+    node_id: Option<Bytes>,
+    log_name: Option<Bytes>,
+    mesh_cluster: Option<Bytes>,
 }
 
 impl StreamContext {
     pub fn from_identifier(id: &Identifier) -> Self {
         let node = id.node.clone().unwrap_or_default();
         StreamContext {
-            node_id: traffic::text(&node.id),
-            log_name: traffic::text(&id.log_name),
-            mesh_cluster: traffic::text(&node.cluster),
+            // In allocations of their own: a slice of the record text chunk would pin that
+            // chunk for the stream's life.
+            node_id: traffic::text_owned(&node.id),
+            log_name: traffic::text_owned(&id.log_name),
+            mesh_cluster: traffic::text_owned(&node.cluster),
             // Copied, not sliced: a zero-copy `Bytes` would pin the whole first frame's receive
             // buffer (tens of KiB) for the stream's life, which at 4,000 mostly idle streams is
             // most of the collector's memory.
@@ -65,11 +68,11 @@ impl StreamContext {
     }
 
     pub fn node_id(&self) -> Option<&str> {
-        self.node_id.as_deref()
+        self.node_id.text()
     }
 
     pub fn log_name(&self) -> Option<&str> {
-        self.log_name.as_deref()
+        self.log_name.text()
     }
 }
 

@@ -50,7 +50,8 @@ use thiserror::Error;
 use crate::ingest::pbstruct::{StructError, StructView, Value};
 use crate::ingest::wire::{HttpAccessLogEntry, Metadata, ResponseFlags, TcpAccessLogEntry};
 use crate::record::id::EntryType;
-use crate::record::{values, AuditRecord};
+use crate::record::{text, values, AuditRecord};
+use bytes::Bytes;
 
 pub const HTTP_RBAC_NAMESPACE: &str = "envoy.filters.http.rbac";
 pub const NETWORK_RBAC_NAMESPACE: &str = "envoy.filters.network.rbac";
@@ -147,24 +148,16 @@ impl<'a> PolicyId<'a> {
 }
 
 impl PolicyId<'_> {
-    /// The column value, allocated once at its final size (`to_string` grows the string as
-    /// the formatter writes each piece).
-    pub fn to_column(&self) -> String {
+    /// The column value, written straight into the record's text (`to_string` would allocate
+    /// and grow a string as the formatter writes each piece).
+    pub fn to_column(&self) -> Bytes {
         match self {
             PolicyId::Istio {
                 namespace,
                 name,
                 rule,
-            } => {
-                let mut s = String::with_capacity(namespace.len() + name.len() + rule.len() + 2);
-                s.push_str(namespace);
-                s.push('/');
-                s.push_str(name);
-                s.push('/');
-                s.push_str(rule);
-                s
-            }
-            PolicyId::Raw(id) => (*id).to_owned(),
+            } => text::concat(&[namespace, "/", name, "/", rule]),
+            PolicyId::Raw(id) => text::copy(id),
         }
     }
 }
@@ -220,11 +213,11 @@ pub struct Decision<'a> {
 impl Decision<'_> {
     /// Copies the decision into the record's policy columns.
     pub fn fill(&self, rec: &mut AuditRecord) {
-        rec.decision = self.decision.to_owned();
-        rec.decision_engine = self.engine.to_owned();
+        rec.decision = text::fixed(self.decision);
+        rec.decision_engine = text::fixed(self.engine);
         rec.policy_name = self.policy.map(|p| p.to_column());
         rec.shadow_policy_name = self.shadow_policy.map(|p| p.to_column());
-        rec.shadow_result = self.shadow_result.map(str::to_owned);
+        rec.shadow_result = self.shadow_result.map(text::fixed);
     }
 }
 
@@ -512,6 +505,7 @@ mod tests {
     use super::*;
     use crate::join::{JoinError, Joiner, StreamContext};
     use crate::record::values::*;
+    use crate::record::{AsText, TextExt};
 
     const HTTP: EntryType = EntryType::Http;
     const TCP: EntryType = EntryType::Tcp;
@@ -1193,11 +1187,11 @@ mod tests {
                 }
             };
             let got = (
-                rec.decision.as_str(),
-                rec.decision_engine.as_str(),
-                rec.policy_name.as_deref(),
-                rec.shadow_policy_name.as_deref(),
-                rec.shadow_result.as_deref(),
+                rec.decision.as_text(),
+                rec.decision_engine.as_text(),
+                rec.policy_name.text(),
+                rec.shadow_policy_name.text(),
+                rec.shadow_result.text(),
             );
             let w = &c.want;
             let want = (
@@ -1239,7 +1233,7 @@ mod tests {
         }
         if rec.decision == DECISION_DRY_RUN_DENY
             && (rec.decision_engine != ENGINE_RBAC
-                || rec.shadow_result.as_deref() != Some(SHADOW_DENIED))
+                || rec.shadow_result.text() != Some(SHADOW_DENIED))
         {
             failures.push(format!(
                 "{name}: dry_run_deny needs engine rbac, shadow denied"

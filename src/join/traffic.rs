@@ -7,18 +7,25 @@ use crate::ingest::wire::{
     AccessLogCommon, Address, BytesEntry, CertificateProperties, HttpAccessLogEntry, ResponseFlags,
     TcpAccessLogEntry, Timestamp,
 };
+use crate::record::text::{self as rtext, copy, copy_opt, fixed};
 use crate::record::{values, AuditRecord, StringList};
 
 use super::redact::Redactor;
 use super::{peer, spiffe};
 
-/// Copies a wire string into an owned one; empty (proto3's "absent") becomes `None`.
-pub(crate) fn text(b: &[u8]) -> Option<String> {
+/// Copies a wire string into record text (invalid UTF-8 replaced by U+FFFD); empty (proto3's
+/// "absent") becomes `None`.
+pub(crate) fn text(b: &[u8]) -> Option<Bytes> {
     if b.is_empty() {
         None
     } else {
-        Some(String::from_utf8_lossy(b).into_owned())
+        Some(rtext::copy(&String::from_utf8_lossy(b)))
     }
+}
+
+/// [`text`] in an allocation of its own ([`rtext::owned`]), for values kept long.
+pub(crate) fn text_owned(b: &[u8]) -> Option<Bytes> {
+    (!b.is_empty()).then(|| rtext::owned(&String::from_utf8_lossy(b)))
 }
 
 /// Borrows a wire string; empty or invalid UTF-8 becomes `None`.
@@ -120,43 +127,43 @@ pub fn fill_common(rec: &mut AuditRecord, common: &AccessLogCommon) -> Result<()
     let upstream = peer::find(&common.filter_state_objects, "upstream_peer")?.unwrap_or_default();
 
     let source_id = peer_uri.and_then(spiffe::parse);
-    rec.source_principal = peer_uri.map(str::to_owned);
+    rec.source_principal = copy_opt(peer_uri);
     rec.source_namespace = source_id
         .and_then(|i| i.namespace)
         .or(downstream.namespace)
-        .map(str::to_owned);
+        .map(copy);
     rec.source_workload = source_id
         .and_then(|i| i.service_account)
         .or(downstream.workload)
-        .map(str::to_owned);
+        .map(copy);
 
     let dest_id = local_uri.and_then(spiffe::parse);
     let outbound_host = outbound_host(&common.upstream_cluster);
-    rec.destination_principal = local_uri.map(str::to_owned);
+    rec.destination_principal = copy_opt(local_uri);
     rec.destination_namespace = dest_id
         .and_then(|i| i.namespace)
         .or(upstream.namespace)
         .or_else(|| outbound_host.and_then(namespace_of_host))
-        .map(str::to_owned);
+        .map(copy);
     rec.destination_service = upstream
         .service
         .or(upstream.workload)
         .or(outbound_host)
-        .map(str::to_owned);
+        .map(copy);
     Ok(())
 }
 
 /// Fills an HTTP entry's columns (after [`fill_common`]).
 pub fn fill_http(rec: &mut AuditRecord, entry: &HttpAccessLogEntry, redactor: &Redactor) {
-    rec.entry_kind = values::ENTRY_HTTP.to_owned();
-    rec.protocol = http_version(entry.protocol_version).map(str::to_owned);
+    rec.entry_kind = fixed(values::ENTRY_HTTP);
+    rec.protocol = http_version(entry.protocol_version).map(fixed);
     if let Some(req) = &entry.request {
-        rec.method = method(req.request_method).map(str::to_owned);
+        rec.method = method(req.request_method).map(fixed);
         rec.scheme = text(&req.scheme);
         rec.authority = text(&req.authority);
-        rec.path = text(&req.path).map(|p| match redactor.redact_path(&p) {
-            std::borrow::Cow::Borrowed(_) => p,
-            std::borrow::Cow::Owned(redacted) => redacted,
+        rec.path = (!req.path.is_empty()).then(|| {
+            let p = String::from_utf8_lossy(&req.path);
+            copy(&redactor.redact_path(&p))
         });
         rec.user_agent = text(&req.user_agent);
         rec.request_id = text(&req.request_id);
@@ -166,8 +173,9 @@ pub fn fill_http(rec: &mut AuditRecord, entry: &HttpAccessLogEntry, redactor: &R
             // An inbound sidecar entry names no upstream service: the request's own authority is
             // the destination service host.
             rec.destination_service = str_of(&req.authority)
-                .map(|a| strip_port(a).to_owned())
-                .filter(|a| !a.is_empty());
+                .map(strip_port)
+                .filter(|a| !a.is_empty())
+                .map(copy);
         }
     }
     if let Some(resp) = &entry.response {
@@ -182,8 +190,8 @@ pub fn fill_http(rec: &mut AuditRecord, entry: &HttpAccessLogEntry, redactor: &R
 
 /// Fills a TCP entry's columns (after [`fill_common`]).
 pub fn fill_tcp(rec: &mut AuditRecord, entry: &TcpAccessLogEntry) {
-    rec.entry_kind = values::ENTRY_TCP.to_owned();
-    rec.protocol = Some(values::ENTRY_TCP.to_owned());
+    rec.entry_kind = fixed(values::ENTRY_TCP);
+    rec.protocol = Some(fixed(values::ENTRY_TCP));
     if let Some(conn) = &entry.connection_properties {
         rec.request_bytes = Some(clamp(conn.received_bytes));
         rec.response_bytes = Some(clamp(conn.sent_bytes));
@@ -251,33 +259,26 @@ pub fn response_flags(flags: Option<&ResponseFlags>) -> StringList {
     out.values = table
         .iter()
         .filter(|(set, _)| *set)
-        .map(|(_, code)| (*code).to_owned())
+        .map(|(_, code)| fixed(code))
         .collect();
     out
 }
 
-fn ip_of(addr: &Address) -> Option<String> {
+fn ip_of(addr: &Address) -> Option<Bytes> {
     addr.socket_address.as_ref().and_then(|s| text(&s.address))
 }
 
-fn host_port(addr: &Address) -> Option<String> {
+fn host_port(addr: &Address) -> Option<Bytes> {
     let s = addr.socket_address.as_ref()?;
     let ip = str_of(&s.address)?;
-    // Built in one allocation of the final size (`format!` grows it piece by piece).
+    // Written straight into the record's text chunk (`format!` would allocate).
     let port = itoa_u32(s.port_value);
     let port = port.as_str();
-    let v6 = ip.contains(':');
-    let mut out = String::with_capacity(ip.len() + port.len() + 3);
-    if v6 {
-        out.push('[');
-        out.push_str(ip);
-        out.push(']');
+    Some(if ip.contains(':') {
+        rtext::concat(&["[", ip, "]:", port])
     } else {
-        out.push_str(ip);
-    }
-    out.push(':');
-    out.push_str(port);
-    Some(out)
+        rtext::concat(&[ip, ":", port])
+    })
 }
 
 /// A u32 in decimal, without allocating.
@@ -350,7 +351,7 @@ fn strip_port(authority: &str) -> &str {
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), lowercase; all-zero ids
 /// are invalid by the spec and give `None`.
-pub fn trace_id(traceparent: &[u8]) -> Option<String> {
+pub fn trace_id(traceparent: &[u8]) -> Option<Bytes> {
     let tp = std::str::from_utf8(traceparent).ok()?.trim();
     let mut parts = tp.split('-');
     let (version, id, parent) = (parts.next()?, parts.next()?, parts.next()?);
@@ -362,12 +363,16 @@ pub fn trace_id(traceparent: &[u8]) -> Option<String> {
     if id.bytes().all(|b| b == b'0') {
         return None;
     }
-    Some(id.to_ascii_lowercase())
+    let mut lower = [0u8; 32];
+    lower.copy_from_slice(id.as_bytes());
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(&lower).ok().map(copy)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::TextExt;
 
     #[test]
     fn start_times_outside_the_window_become_received_at_and_keep_what_was_reported() {
@@ -444,15 +449,15 @@ mod tests {
             }),
         };
         assert_eq!(
-            host_port(&addr("10.0.0.1", 8080)).as_deref(),
+            host_port(&addr("10.0.0.1", 8080)).text(),
             Some("10.0.0.1:8080")
         );
         assert_eq!(
-            host_port(&addr("fd00::1", 443)).as_deref(),
+            host_port(&addr("fd00::1", 443)).text(),
             Some("[fd00::1]:443")
         );
         assert_eq!(
-            trace_id(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").as_deref(),
+            trace_id(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").text(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert_eq!(

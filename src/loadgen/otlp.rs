@@ -20,6 +20,7 @@ use crate::ingest::wire::{
     self, stream_access_logs_message::LogEntries, AccessLogCommon, HttpAccessLogEntry,
     StreamAccessLogsMessage, TcpAccessLogEntry,
 };
+use crate::record::AsText;
 
 /// The corpus rewritten as OTLP requests; node id and cluster as the documented labels send them.
 pub fn convert(corpus: &Corpus, node_id: &str, cluster: &str) -> Corpus {
@@ -113,7 +114,11 @@ fn common_attrs(c: &AccessLogCommon, node_id: &str, cluster: &str, out: &mut Vec
         if flags.is_empty() {
             "-".to_owned()
         } else {
-            flags.join(",")
+            flags
+                .iter()
+                .map(|f| f.as_text())
+                .collect::<Vec<_>>()
+                .join(",")
         },
     ));
     out.push(kv(

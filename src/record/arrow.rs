@@ -12,6 +12,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use super::text::as_str;
 use super::{AuditRecord, Column, ColumnType, Getter, NullableString, COLUMNS};
 
 fn data_type(t: ColumnType) -> DataType {
@@ -62,9 +63,11 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
     match col.get {
         Getter::Text(get) => {
             // Sized exactly up front: growing the value buffer re-copies every string so far.
-            let bytes = records.iter().map(|r| get(r).map_or(0, str::len)).sum();
+            let bytes = records.iter().map(|r| get(r).map_or(0, <[u8]>::len)).sum();
             let mut b = StringBuilder::with_capacity(n, bytes);
-            records.iter().for_each(|r| b.append_option(get(r)));
+            records
+                .iter()
+                .for_each(|r| b.append_option(get(r).map(as_str)));
             Arc::new(b.finish())
         }
         Getter::Int(get) => {
@@ -97,14 +100,16 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
                 .iter()
                 .filter_map(|r| get(r))
                 .fold((0, 0), |(i, b), v| {
-                    (i + v.len(), b + v.iter().map(String::len).sum::<usize>())
+                    (i + v.len(), b + v.iter().map(|s| s.len()).sum::<usize>())
                 });
             let mut b = ListBuilder::with_capacity(StringBuilder::with_capacity(items, bytes), n)
                 .with_field(list_item_field());
             for r in records {
                 match get(r) {
                     Some(values) => {
-                        values.iter().for_each(|v| b.values().append_value(v));
+                        values
+                            .iter()
+                            .for_each(|v| b.values().append_value(as_str(v)));
                         b.append(true);
                     }
                     None => b.append(false),
@@ -117,7 +122,7 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
                 .iter()
                 .filter_map(|r| get(r))
                 .fold((0, 0), |(i, b), v| {
-                    let len = |s: &NullableString| s.value.as_ref().map_or(0, String::len);
+                    let len = |s: &NullableString| s.value.as_ref().map_or(0, |v| v.len());
                     (i + v.len(), b + v.iter().map(len).sum::<usize>())
                 });
             let mut b = ListBuilder::with_capacity(StringBuilder::with_capacity(items, bytes), n)
@@ -127,7 +132,7 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
                     Some(values) => {
                         values
                             .iter()
-                            .for_each(|v| b.values().append_option(v.value.as_deref()));
+                            .for_each(|v| b.values().append_option(v.value.as_deref().map(as_str)));
                         b.append(true);
                     }
                     None => b.append(false),

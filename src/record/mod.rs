@@ -7,6 +7,10 @@
 
 pub mod arrow;
 pub mod id;
+pub mod text;
+
+use bytes::Bytes;
+pub use text::{AsText, TextExt};
 
 /// Types generated from `proto/meshaudit/v1/audit_record.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -46,14 +50,15 @@ impl ColumnType {
 /// How to read one column's value out of a record.
 #[derive(Clone, Copy)]
 pub enum Getter {
-    Text(fn(&AuditRecord) -> Option<&str>),
+    /// UTF-8 bytes (see [`text`]); read them with [`text::as_str`].
+    Text(fn(&AuditRecord) -> Option<&[u8]>),
     Int(fn(&AuditRecord) -> Option<i32>),
     BigInt(fn(&AuditRecord) -> Option<i64>),
     Float8(fn(&AuditRecord) -> Option<f64>),
     Bool(fn(&AuditRecord) -> Option<bool>),
     /// Microseconds since the Unix epoch, UTC.
     Timestamptz(fn(&AuditRecord) -> Option<i64>),
-    TextArray(fn(&AuditRecord) -> Option<&[String]>),
+    TextArray(fn(&AuditRecord) -> Option<&[Bytes]>),
     /// A text[] whose elements may be NULL.
     NullableTextArray(fn(&AuditRecord) -> Option<&[NullableString]>),
 }
@@ -98,7 +103,7 @@ macro_rules! column {
         Column {
             name: stringify!($n),
             nullable: false,
-            get: Getter::Text(|r| Some(r.$n.as_str())),
+            get: Getter::Text(|r| Some(&r.$n[..])),
         }
     };
     ($n:ident, int) => {
@@ -247,10 +252,10 @@ columns! {
 pub fn string_list<I, S>(values: I) -> StringList
 where
     I: IntoIterator<Item = S>,
-    S: Into<String>,
+    S: AsRef<str>,
 {
     StringList {
-        values: values.into_iter().map(Into::into).collect(),
+        values: values.into_iter().map(|v| text::copy(v.as_ref())).collect(),
     }
 }
 

@@ -581,10 +581,10 @@ mod tests {
 
     fn rec(kind: &str, status: &str, dest: Option<&str>, roles: Option<&[&str]>) -> AuditRecord {
         AuditRecord {
-            record_id: format!("{kind}{status}{dest:?}{roles:?}"),
-            identity_kind: kind.into(),
-            token_status: status.into(),
-            destination_service: dest.map(str::to_owned),
+            record_id: bytes::Bytes::from(format!("{kind}{status}{dest:?}{roles:?}")),
+            identity_kind: crate::record::text::copy(kind),
+            token_status: crate::record::text::copy(status),
+            destination_service: dest.map(crate::record::text::copy),
             roles: roles.map(|r| string_list(r.iter().copied())),
             ..Default::default()
         }
@@ -630,11 +630,11 @@ mod tests {
     fn workloads_by_certificate_and_by_peer_metadata_are_apart_old_rows_included() {
         use super::super::spec::{mtls_workload, peer_metadata_workload, unverified, verified};
         let workload = |id: &str, source: &str, principal: Option<&str>| AuditRecord {
-            record_id: id.into(),
+            record_id: crate::record::text::copy(id),
             identity_kind: "workload".into(),
-            identity_source: source.into(),
+            identity_source: crate::record::text::copy(source),
             token_status: "absent".into(),
-            source_principal: principal.map(str::to_owned),
+            source_principal: principal.map(crate::record::text::copy),
             source_workload: Some("checkout".into()),
             ..Default::default()
         };
@@ -765,7 +765,7 @@ mod tests {
         ];
         // Distinct record ids.
         for (i, r) in records.iter_mut().enumerate() {
-            r.record_id = format!("{i}");
+            r.record_id = bytes::Bytes::from(format!("{i}"));
         }
         let mut s = section(
             Some(Pred::Eq("identity_kind", "anonymous")),
@@ -816,11 +816,11 @@ mod tests {
 
     fn person(id: &str, oid: &str, app: &str, upn: Option<&str>, t: i64) -> AuditRecord {
         let mut r = rec("user", "verified", Some("d"), None);
-        r.record_id = id.into();
-        r.object_id = Some(oid.into());
-        r.app_id = Some(format!("id-{app}"));
-        r.app_display_name = Some(app.into());
-        r.user_principal = upn.map(str::to_owned);
+        r.record_id = crate::record::text::copy(id);
+        r.object_id = Some(crate::record::text::copy(oid));
+        r.app_id = Some(bytes::Bytes::from(format!("id-{app}")));
+        r.app_display_name = Some(crate::record::text::copy(app));
+        r.user_principal = upn.map(crate::record::text::copy);
         r.start_time = Some(t);
         r
     }

@@ -398,7 +398,7 @@ mod tests {
 
     fn rec(id: &str, start: i64) -> AuditRecord {
         AuditRecord {
-            record_id: id.into(),
+            record_id: crate::record::text::copy(id),
             start_time: Some(start),
             received_at: start,
             ..Default::default()

@@ -74,7 +74,7 @@ use tracing::{info, warn};
 
 use crate::ingest::pbstruct::{StructError, StructView, Value};
 use crate::ingest::wire::{AccessLogCommon, BytesEntry, HttpRequestProperties};
-use crate::record::{values, AuditRecord};
+use crate::record::{text, values, AuditRecord, TextExt};
 use crate::telemetry::Metrics;
 
 use claims::Claims;
@@ -349,7 +349,7 @@ impl IdentityResolver {
             .transpose()?
             .flatten()
         {
-            let p = Prepared::new(claims, &self.verifier.audiences);
+            let p = Prepared::new(claims, &self.verifier.audiences, text::copy);
             let (base, xms_mirid) = (p.base, p.xms_mirid);
             p.cols.write(rec);
             write_directory_columns(rec, base, xms_mirid, dir);
@@ -375,7 +375,7 @@ impl IdentityResolver {
         // 3. A token the proxy rejected.
         if let Some(status) = rec
             .response_code_details
-            .as_deref()
+            .text()
             .and_then(denial::token_status)
         {
             write_without_claims(rec, status);
@@ -409,7 +409,7 @@ impl IdentityResolver {
             }
             None => {
                 // Nothing readable: the caller is whoever the connection says.
-                rec.identity_kind = peer_kind(rec).0.to_owned();
+                rec.identity_kind = text::fixed(peer_kind(rec).0);
                 set_source(rec, source, judged.status);
             }
         }
@@ -417,8 +417,8 @@ impl IdentityResolver {
 }
 
 fn set_source(rec: &mut AuditRecord, source: &'static str, status: &'static str) {
-    rec.identity_source = source.to_owned();
-    rec.token_status = status.to_owned();
+    rec.identity_source = text::fixed(source);
+    rec.token_status = text::fixed(status);
 }
 
 /// No claims: a workload if the connection identifies one, else anonymous. Only a peer
@@ -427,7 +427,7 @@ fn set_source(rec: &mut AuditRecord, source: &'static str, status: &'static str)
 /// made, which reports and dashboards keep apart from certificate-backed identities.
 fn write_without_claims(rec: &mut AuditRecord, status: &'static str) {
     let (kind, source) = peer_kind(rec);
-    rec.identity_kind = kind.to_owned();
+    rec.identity_kind = text::fixed(kind);
     set_source(rec, source, status);
 }
 

@@ -1,7 +1,11 @@
 //! Claims turned into the record's Identity columns once, so that a cached token costs only
 //! copying these values into each record (and a proxy's claims are moved, not copied).
 
-use crate::record::{AuditRecord, NullableString, NullableStringList, StringList};
+use bytes::Bytes;
+
+use crate::record::{
+    text, AsText, AuditRecord, NullableString, NullableStringList, StringList, TextExt,
+};
 
 use super::claims::Claims;
 use super::classify::{self, BaseKind};
@@ -32,20 +36,20 @@ macro_rules! identity_columns {
 }
 
 identity_columns! {
-    tenant_id: Option<String>,
-    object_id: Option<String>,
-    subject: Option<String>,
-    user_principal: Option<String>,
-    display_name: Option<String>,
-    app_id: Option<String>,
+    tenant_id: Option<Bytes>,
+    object_id: Option<Bytes>,
+    subject: Option<Bytes>,
+    user_principal: Option<Bytes>,
+    display_name: Option<Bytes>,
+    app_id: Option<Bytes>,
     groups: Option<StringList>,
     groups_overage: Option<bool>,
     roles: Option<StringList>,
     scopes: Option<StringList>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    token_version: Option<String>,
-    token_id: Option<String>,
+    issuer: Option<Bytes>,
+    audience: Option<Bytes>,
+    token_version: Option<Bytes>,
+    token_id: Option<Bytes>,
     token_issued_at: Option<i64>,
     token_expires_at: Option<i64>,
     auth_methods: Option<StringList>,
@@ -64,18 +68,23 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Each value the record uses is copied once (or moved, when the claims own it); claims
-    /// the record does not use are dropped without being copied.
-    pub fn new(c: Claims<'_>, audiences: &[String]) -> Prepared {
+    /// Each value the record uses is copied once, by `store`; claims the record does not use
+    /// are dropped without being copied. `store` is [`text::copy`] for claims used by one
+    /// record, [`text::owned`] for columns a cache keeps (see there).
+    pub fn new(c: Claims<'_>, audiences: &[String], store: fn(&str) -> Bytes) -> Prepared {
         let base = classify::base_kind(&c);
         let micros = |s: Option<i64>| s.and_then(|s| s.checked_mul(1_000_000));
-        let audience = c.audience_column(audiences).map(str::to_owned);
-        let own = |v: Option<std::borrow::Cow<'_, str>>| v.map(std::borrow::Cow::into_owned);
+        let audience = c.audience_column(audiences).map(store);
+        let own = |v: Option<std::borrow::Cow<'_, str>>| v.map(|v| store(&v));
         let user_principal = match (c.upn, c.preferred_username, c.unique_name, c.email) {
             (Some(v), ..) | (None, Some(v), ..) | (None, None, Some(v), _) => Some(v),
             (None, None, None, v) => v,
         };
-        let list = |v: Option<Vec<String>>| v.map(|values| StringList { values });
+        let list = |v: Option<Vec<String>>| {
+            v.map(|values| StringList {
+                values: values.iter().map(|s| store(s)).collect(),
+            })
+        };
         Prepared {
             base,
             xms_mirid: c.xms_mirid,
@@ -105,10 +114,10 @@ impl Prepared {
     }
 
     pub fn approx_bytes(&self) -> usize {
-        let s = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 24);
+        let s = |o: &Option<Bytes>| o.as_ref().map_or(0, |s| s.len() + 32);
         let l = |o: &Option<StringList>| {
             o.as_ref().map_or(0, |v| {
-                24 + v.values.iter().map(|s| s.len() + 24).sum::<usize>()
+                24 + v.values.iter().map(|s| s.len() + 32).sum::<usize>()
             })
         };
         let c = &self.cols;
@@ -140,12 +149,12 @@ pub fn write_directory_columns(
 ) {
     rec.identity_kind = classify::kind(
         base,
-        rec.object_id.as_deref(),
-        rec.app_id.as_deref(),
+        rec.object_id.text(),
+        rec.app_id.text(),
         xms_mirid,
         dir,
     )
-    .to_owned();
+    .into();
     let Some(dir) = dir else {
         rec.group_names = None;
         rec.app_display_name = None;
@@ -156,13 +165,13 @@ pub fn write_directory_columns(
             .values
             .iter()
             .map(|id| NullableString {
-                value: dir.group_name(id).map(str::to_owned),
+                value: dir.group_name(id.as_text()).map(text::copy),
             })
             .collect(),
     });
     rec.app_display_name = rec
         .app_id
-        .as_deref()
+        .text()
         .and_then(|a| dir.app_name(a))
-        .map(str::to_owned);
+        .map(text::copy);
 }

@@ -1,6 +1,7 @@
 //! Table-driven tests of the identity join: an ALS entry in, the record's Identity columns out,
 //! for every identity kind and every token status.
 
+use crate::record::{AsText, TextExt};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 
@@ -276,7 +277,7 @@ fn join(f: &Fixture, e: &Entry) -> AuditRecord {
 
 fn list(v: &Option<crate::record::StringList>) -> Option<Vec<&str>> {
     v.as_ref()
-        .map(|l| l.values.iter().map(String::as_str).collect())
+        .map(|l| l.values.iter().map(|v| v.as_text()).collect())
 }
 
 struct Case {
@@ -295,19 +296,19 @@ fn no_claims(r: &AuditRecord) {
 }
 
 fn user_claims(r: &AuditRecord) {
-    assert_eq!(r.tenant_id.as_deref(), Some(TID));
+    assert_eq!(r.tenant_id.text(), Some(TID));
     assert_eq!(
-        r.object_id.as_deref(),
+        r.object_id.text(),
         Some("9e8d7c6b-0000-4000-8000-00000000e001")
     );
-    assert_eq!(r.subject.as_deref(), Some("Xy3kQ"));
-    assert_eq!(r.user_principal.as_deref(), Some("ada@contoso.example"));
-    assert_eq!(r.display_name.as_deref(), Some("Ada Example"));
+    assert_eq!(r.subject.text(), Some("Xy3kQ"));
+    assert_eq!(r.user_principal.text(), Some("ada@contoso.example"));
+    assert_eq!(r.display_name.text(), Some("Ada Example"));
     assert_eq!(
-        r.app_id.as_deref(),
+        r.app_id.text(),
         Some("2a3b4c5d-0000-4000-8000-00000000c001")
     );
-    assert_eq!(r.app_display_name.as_deref(), Some("orders-web"));
+    assert_eq!(r.app_display_name.text(), Some("orders-web"));
     assert_eq!(list(&r.scopes), Some(vec!["Orders.Read", "Orders.Write"]));
     assert_eq!(list(&r.roles), Some(vec!["Orders.Approver"]));
     let names: Vec<Option<&str>> = r
@@ -316,7 +317,7 @@ fn user_claims(r: &AuditRecord) {
         .expect("group names with a directory")
         .values
         .iter()
-        .map(|n| n.value.as_deref())
+        .map(|n| n.value.text())
         .collect();
     assert_eq!(
         names,
@@ -324,10 +325,10 @@ fn user_claims(r: &AuditRecord) {
         "same order, NULL where unknown"
     );
     assert_eq!(r.groups_overage, Some(false));
-    assert_eq!(r.issuer.as_deref(), Some(v2_iss().as_str()));
-    assert_eq!(r.audience.as_deref(), Some(API));
-    assert_eq!(r.token_version.as_deref(), Some("2.0"));
-    assert_eq!(r.token_id.as_deref(), Some("AbCdEf123"));
+    assert_eq!(r.issuer.text(), Some(v2_iss().as_str()));
+    assert_eq!(r.audience.text(), Some(API));
+    assert_eq!(r.token_version.text(), Some("2.0"));
+    assert_eq!(r.token_id.text(), Some("AbCdEf123"));
     assert_eq!(r.token_issued_at, Some((NOW - 600) * 1_000_000));
     assert_eq!(r.token_expires_at, Some((NOW + 3000) * 1_000_000));
     assert_eq!(r.auth_methods, None, "v2 tokens carry no amr: NULL");
@@ -448,7 +449,7 @@ fn cases() -> Vec<Case> {
                 values::TOKEN_PROXY_VERIFIED,
             ),
             check: |r| {
-                assert_eq!(r.user_principal.as_deref(), Some("carol@fabrikam.example"));
+                assert_eq!(r.user_principal.text(), Some("carol@fabrikam.example"));
                 assert_eq!(r.groups, None);
                 assert_eq!(r.group_names, None, "no groups claim: NULL names");
             },
@@ -490,16 +491,16 @@ fn cases() -> Vec<Case> {
                 values::TOKEN_VERIFIED,
             ),
             check: |r| {
-                assert_eq!(r.user_principal.as_deref(), Some("bob@contoso.example"));
+                assert_eq!(r.user_principal.text(), Some("bob@contoso.example"));
                 assert_eq!(
-                    r.app_id.as_deref(),
+                    r.app_id.text(),
                     Some("2a3b4c5d-0000-4000-8000-00000000c001")
                 );
                 assert_eq!(list(&r.auth_methods), Some(vec!["pwd", "mfa"]));
                 assert_eq!(r.groups_overage, Some(true));
                 assert_eq!(r.groups, None);
-                assert_eq!(r.token_version.as_deref(), Some("1.0"));
-                assert_eq!(r.audience.as_deref(), Some("api://orders-api/"));
+                assert_eq!(r.token_version.text(), Some("1.0"));
+                assert_eq!(r.audience.text(), Some("api://orders-api/"));
             },
         },
         Case {
@@ -541,7 +542,7 @@ fn cases() -> Vec<Case> {
             ),
             check: |r| {
                 assert_eq!(
-                    r.object_id.as_deref(),
+                    r.object_id.text(),
                     Some("9e8d7c6b-0000-4000-8000-00000000e001"),
                     "claims kept"
                 )
@@ -590,7 +591,7 @@ fn cases() -> Vec<Case> {
                 values::SOURCE_JWT_HEADER,
                 values::TOKEN_WRONG_AUDIENCE,
             ),
-            check: |r| assert_eq!(r.audience.as_deref(), Some("https://graph.microsoft.com")),
+            check: |r| assert_eq!(r.audience.text(), Some("https://graph.microsoft.com")),
         },
         Case {
             name: "untrusted tenant",
@@ -608,7 +609,7 @@ fn cases() -> Vec<Case> {
                 values::SOURCE_JWT_HEADER,
                 values::TOKEN_UNTRUSTED_ISSUER,
             ),
-            check: |r| assert_eq!(r.tenant_id.as_deref(), Some(OTHER_TID)),
+            check: |r| assert_eq!(r.tenant_id.text(), Some(OTHER_TID)),
         },
         Case {
             name: "signed by another key under our kid",
@@ -926,7 +927,7 @@ fn cases() -> Vec<Case> {
             ),
             check: |r| {
                 assert_eq!(r.source_principal, None);
-                assert_eq!(r.source_workload.as_deref(), Some("checkout"));
+                assert_eq!(r.source_workload.text(), Some("checkout"));
             },
         },
         Case {
@@ -978,9 +979,9 @@ fn every_kind_and_status() {
     for case in cases() {
         let r = join(&f, &case.entry);
         let got = (
-            r.identity_kind.as_str(),
-            r.identity_source.as_str(),
-            r.token_status.as_str(),
+            r.identity_kind.as_text(),
+            r.identity_source.as_text(),
+            r.token_status.as_text(),
         );
         assert_eq!(got, case.want, "{}", case.name);
         (case.check)(&r);

@@ -41,7 +41,7 @@ use super::claims::{audience_matches, Claims};
 use super::jwks::{Key, KeySet};
 use super::prepared::Prepared;
 use super::token::{b64url, split, Parts, RawToken};
-use crate::record::values;
+use crate::record::{text, values};
 use crate::telemetry::Metrics;
 
 /// A key set the join found lacking: the caller may refresh it and join the entry again.
@@ -210,7 +210,10 @@ impl Verifier {
                 let checked = Arc::new(match claims {
                     Some(c) => {
                         let verdict = self.payload_verdict(&c);
-                        Checked::new(Some(Prepared::new(c, &self.audiences)), verdict)
+                        Checked::new(
+                            Some(Prepared::new(c, &self.audiences, text::owned)),
+                            verdict,
+                        )
                     }
                     None => Checked::new(None, Verdict::Failed(values::TOKEN_MALFORMED)),
                 });
@@ -330,7 +333,10 @@ impl Verifier {
             return malformed();
         };
         let verdict = self.verdict(&header, &parts, &claims);
-        Checked::new(Some(Prepared::new(claims, &self.audiences)), verdict)
+        Checked::new(
+            Some(Prepared::new(claims, &self.audiences, text::owned)),
+            verdict,
+        )
     }
 
     fn verdict(&self, header: &Header, parts: &Parts<'_>, claims: &Claims) -> Verdict {

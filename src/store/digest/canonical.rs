@@ -9,6 +9,7 @@
 
 use ring::digest::{Context, SHA256};
 
+use crate::record::text::as_str;
 use crate::record::{AuditRecord, Getter, COLUMNS};
 
 /// A SHA-256 value.
@@ -142,18 +143,19 @@ impl Encoder {
         self.begin();
         for c in COLUMNS {
             match c.get {
-                Getter::Text(get) => self.text(c.name, get(r)),
+                Getter::Text(get) => self.text(c.name, get(r).map(as_str)),
                 Getter::Int(get) => self.int(c.name, get(r)),
                 Getter::BigInt(get) => self.bigint(c.name, get(r)),
                 Getter::Float8(get) => self.float8(c.name, get(r)),
                 Getter::Bool(get) => self.bool(c.name, get(r)),
                 Getter::Timestamptz(get) => self.timestamp(c.name, get(r)),
                 Getter::TextArray(get) => {
-                    self.text_list(c.name, get(r).map(|v| v.iter().map(|s| Some(s.as_str()))))
+                    self.text_list(c.name, get(r).map(|v| v.iter().map(|s| Some(as_str(s)))))
                 }
-                Getter::NullableTextArray(get) => {
-                    self.text_list(c.name, get(r).map(|v| v.iter().map(|s| s.value.as_deref())))
-                }
+                Getter::NullableTextArray(get) => self.text_list(
+                    c.name,
+                    get(r).map(|v| v.iter().map(|s| s.value.as_deref().map(as_str))),
+                ),
             }
         }
         self.finish()
@@ -302,7 +304,7 @@ mod tests {
         let mut one_empty = base();
         one_empty.group_names = Some(NullableStringList {
             values: vec![NullableString {
-                value: Some(String::new()),
+                value: Some(bytes::Bytes::new()),
             }],
         });
         let mut no_names = base();
@@ -314,7 +316,7 @@ mod tests {
     #[test]
     fn null_text_differs_from_empty_text_and_values_do_not_shift() {
         let mut a = base();
-        a.method = Some(String::new());
+        a.method = Some(bytes::Bytes::new());
         assert_ne!(hash(&base()), hash(&a));
         // Length prefixes: ("ab","c") and ("a","bc") in neighbouring columns differ.
         let mut x = base();
@@ -372,7 +374,9 @@ mod tests {
             for d in COLUMNS {
                 let same = d.name == c.name;
                 match d.get {
-                    Getter::Text(g) => e.text(d.name, if same { Some("x") } else { g(&r) }),
+                    Getter::Text(g) => {
+                        e.text(d.name, if same { Some("x") } else { g(&r).map(as_str) })
+                    }
                     Getter::Int(g) => e.int(d.name, if same { Some(7) } else { g(&r) }),
                     Getter::BigInt(g) => e.bigint(d.name, if same { Some(7) } else { g(&r) }),
                     Getter::Float8(g) => e.float8(d.name, if same { Some(7.0) } else { g(&r) }),
@@ -384,14 +388,17 @@ mod tests {
                         if same {
                             e.text_list(d.name, Some([Some("x")].into_iter()))
                         } else {
-                            e.text_list(d.name, g(&r).map(|v| v.iter().map(|s| Some(s.as_str()))))
+                            e.text_list(d.name, g(&r).map(|v| v.iter().map(|s| Some(as_str(s)))))
                         }
                     }
                     Getter::NullableTextArray(g) => {
                         if same {
                             e.text_list(d.name, Some([Some("x")].into_iter()))
                         } else {
-                            e.text_list(d.name, g(&r).map(|v| v.iter().map(|s| s.value.as_deref())))
+                            e.text_list(
+                                d.name,
+                                g(&r).map(|v| v.iter().map(|s| s.value.as_deref().map(as_str))),
+                            )
                         }
                     }
                 }

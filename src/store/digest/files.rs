@@ -335,7 +335,7 @@ mod tests {
         let mut recs = FileRecords::default();
         chain.add(
             &AuditRecord {
-                record_id: name.into(),
+                record_id: crate::record::text::copy(name),
                 ..Default::default()
             },
             &mut recs,

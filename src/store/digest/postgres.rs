@@ -17,7 +17,7 @@ use sqlx::PgConnection;
 use super::canonical::{records_sha256, sha256, stored_text, Encoder, Hash};
 use super::statement::{format_micros, DigestKind, SinkKind, Statement};
 use super::Signer;
-use crate::record::AuditRecord;
+use crate::record::{AsText, AuditRecord};
 use crate::store::postgres::{classify, PgError};
 
 /// The table a batch digest names as its object.
@@ -91,7 +91,7 @@ impl PgDigests {
         let mut seen: HashSet<&'a str> = HashSet::new();
         let mut rows = Vec::new();
         for r in records {
-            if seen.insert(r.record_id.as_str()) {
+            if seen.insert(r.record_id.as_text()) {
                 rows.push((r, self.enc.record(r)));
             }
         }
@@ -106,7 +106,7 @@ impl PgDigests {
         let mut seen: HashSet<&'a str> = HashSet::new();
         let mut rows = Vec::new();
         for (r, h) in records {
-            if seen.insert(r.record_id.as_str()) {
+            if seen.insert(r.record_id.as_text()) {
                 rows.push((r, *h));
             }
         }
@@ -154,14 +154,14 @@ impl PgDigests {
             prepared
                 .rows
                 .iter()
-                .map(|(r, h)| (stored_text(&r.record_id), r.start_time, h))
+                .map(|(r, h)| (stored_text(r.record_id.as_text()), r.start_time, h))
                 .collect()
         } else {
             let set: HashSet<String> = inserted.into_iter().flatten().collect();
             prepared
                 .rows
                 .iter()
-                .map(|(r, h)| (stored_text(&r.record_id), r.start_time, h))
+                .map(|(r, h)| (stored_text(r.record_id.as_text()), r.start_time, h))
                 .filter(|(id, _, _)| set.contains(id.as_ref()))
                 .collect()
         };
@@ -266,9 +266,9 @@ mod tests {
 
     fn rec(id: &str, path: &str) -> AuditRecord {
         AuditRecord {
-            record_id: id.into(),
+            record_id: crate::record::text::copy(id),
             received_at: 1_772_446_504_000_000,
-            path: Some(path.into()),
+            path: Some(crate::record::text::copy(path)),
             ..Default::default()
         }
     }

@@ -45,6 +45,13 @@ pub struct BenchReport {
 
 /// Records shaped like real traffic: a few hundred identities and destinations, realistic
 /// string lengths, start times spread over two days (two partitions).
+/// `format!` into record text.
+macro_rules! text_format {
+    ($($t:tt)*) => {
+        bytes::Bytes::from(format!($($t)*))
+    };
+}
+
 pub fn synthetic_records(n: usize, seed: u64) -> Vec<AuditRecord> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let base = 1_772_446_504_000_000i64;
@@ -54,21 +61,21 @@ pub fn synthetic_records(n: usize, seed: u64) -> Vec<AuditRecord> {
             let ns = rng.random_range(0..20u32);
             let deny = rng.random_range(0..50u32) == 0;
             AuditRecord {
-                record_id: format!("{:016x}{:016x}", seed, i as u64),
+                record_id: text_format!("{:016x}{:016x}", seed, i as u64),
                 start_time: Some(base + rng.random_range(0..172_800_000_000i64)),
                 received_at: base + 172_800_000_000,
                 duration_ms: Some(f64::from(rng.random_range(1..5000u32)) / 10.0),
                 entry_kind: values::ENTRY_HTTP.into(),
                 log_name: Some("http_envoy_accesslog".into()),
-                node_id: Some(format!(
+                node_id: Some(text_format!(
                     "sidecar~10.1.{ns}.{user}~app-{ns}.ns{ns}~ns{ns}.svc.cluster.local"
                 )),
                 mesh_cluster: Some("cluster.local".into()),
                 protocol: Some("HTTP/2".into()),
                 method: Some("POST".into()),
                 scheme: Some("https".into()),
-                authority: Some(format!("svc{ns}.ns{ns}.svc.cluster.local:8080")),
-                path: Some(format!(
+                authority: Some(text_format!("svc{ns}.ns{ns}.svc.cluster.local:8080")),
+                path: Some(text_format!(
                     "/api/v1/orders/{}?code=REDACTED",
                     rng.random::<u32>()
                 )),
@@ -78,24 +85,28 @@ pub fn synthetic_records(n: usize, seed: u64) -> Vec<AuditRecord> {
                 response_code_details: Some("via_upstream".into()),
                 request_bytes: Some(rng.random_range(0..4096)),
                 response_bytes: Some(rng.random_range(0..65536)),
-                request_id: Some(format!("{:032x}", rng.random::<u128>())),
-                trace_id: Some(format!("{:032x}", rng.random::<u128>())),
+                request_id: Some(text_format!("{:032x}", rng.random::<u128>())),
+                trace_id: Some(text_format!("{:032x}", rng.random::<u128>())),
                 user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36".into()),
-                client_address: Some(format!("10.2.{ns}.{user}")),
-                upstream_cluster: Some(format!("outbound|8080||svc{ns}.ns{ns}.svc.cluster.local")),
-                upstream_host: Some(format!("10.3.{ns}.7:8080")),
-                source_principal: Some(format!("spiffe://cluster.local/ns/ns{ns}/sa/caller")),
-                source_namespace: Some(format!("ns{ns}")),
+                client_address: Some(text_format!("10.2.{ns}.{user}")),
+                upstream_cluster: Some(text_format!(
+                    "outbound|8080||svc{ns}.ns{ns}.svc.cluster.local"
+                )),
+                upstream_host: Some(text_format!("10.3.{ns}.7:8080")),
+                source_principal: Some(text_format!("spiffe://cluster.local/ns/ns{ns}/sa/caller")),
+                source_namespace: Some(text_format!("ns{ns}")),
                 source_workload: Some("caller".into()),
-                destination_principal: Some(format!("spiffe://cluster.local/ns/ns{ns}/sa/svc")),
-                destination_namespace: Some(format!("ns{ns}")),
-                destination_service: Some(format!("svc{ns}.ns{ns}.svc.cluster.local")),
+                destination_principal: Some(text_format!(
+                    "spiffe://cluster.local/ns/ns{ns}/sa/svc"
+                )),
+                destination_namespace: Some(text_format!("ns{ns}")),
+                destination_service: Some(text_format!("svc{ns}.ns{ns}.svc.cluster.local")),
                 identity_kind: values::KIND_USER.into(),
                 identity_source: values::SOURCE_JWT_METADATA.into(),
                 token_status: values::TOKEN_PROXY_VERIFIED.into(),
                 tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
-                object_id: Some(format!("00000000-0000-4000-8000-{user:012}")),
-                user_principal: Some(format!("user{user}@contoso.com")),
+                object_id: Some(text_format!("00000000-0000-4000-8000-{user:012}")),
+                user_principal: Some(text_format!("user{user}@contoso.com")),
                 groups: Some(string_list([
                     "5c6d7e8f-0000-4000-8000-00000000b001",
                     "5c6d7e8f-0000-4000-8000-00000000b002",
@@ -108,7 +119,7 @@ pub fn synthetic_records(n: usize, seed: u64) -> Vec<AuditRecord> {
                 }
                 .into(),
                 decision_engine: values::ENGINE_RBAC.into(),
-                policy_name: Some(format!("ns{ns}/allow-callers/0")),
+                policy_name: Some(text_format!("ns{ns}/allow-callers/0")),
                 ..Default::default()
             }
         })

@@ -10,6 +10,7 @@
 
 use std::sync::OnceLock;
 
+use crate::record::text::as_str;
 use crate::record::{AuditRecord, Getter, COLUMNS};
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -46,7 +47,7 @@ pub fn row(buf: &mut Vec<u8>, r: &AuditRecord) {
     buf.extend_from_slice(&(COLUMNS.len() as i16).to_be_bytes());
     for c in COLUMNS {
         match c.get {
-            Getter::Text(get) => text_field(buf, get(r)),
+            Getter::Text(get) => text_field(buf, get(r).map(as_str)),
             Getter::Int(get) => fixed(buf, get(r).map(i32::to_be_bytes)),
             Getter::BigInt(get) => fixed(buf, get(r).map(i64::to_be_bytes)),
             Getter::Float8(get) => fixed(buf, get(r).map(|v| v.to_bits().to_be_bytes())),
@@ -57,13 +58,17 @@ pub fn row(buf: &mut Vec<u8>, r: &AuditRecord) {
             ),
             Getter::TextArray(get) => match get(r) {
                 None => null(buf),
-                Some(vals) => text_array(buf, vals.iter().map(|s| Some(s.as_str())), false),
+                Some(vals) => text_array(buf, vals.iter().map(|s| Some(as_str(s))), false),
             },
             Getter::NullableTextArray(get) => match get(r) {
                 None => null(buf),
                 Some(vals) => {
                     let has_null = vals.iter().any(|v| v.value.is_none());
-                    text_array(buf, vals.iter().map(|v| v.value.as_deref()), has_null)
+                    text_array(
+                        buf,
+                        vals.iter().map(|v| v.value.as_deref().map(as_str)),
+                        has_null,
+                    )
                 }
             },
         }

@@ -22,7 +22,7 @@ use prost::Message;
 use tracing::{debug, error};
 
 use super::{classify, PgError, PostgresSink, Written};
-use crate::record::AuditRecord;
+use crate::record::{AsText, AuditRecord};
 use crate::store::spool::Frame;
 
 const INSERT_REJECT: &str = "INSERT INTO audit_rejects \
@@ -125,7 +125,7 @@ impl PostgresSink {
             _ => ("", ""),
         };
         // Text cannot hold NUL in Postgres (docs/storage.md); the protobuf keeps it as sent.
-        let record_id = r.record_id.replace('\0', "\u{FFFD}");
+        let record_id = r.record_id.as_text().replace('\0', "\u{FFFD}");
         let message = message.replace('\0', "\u{FFFD}");
         let conn = self.conn().await?;
         let inserted = sqlx::query(INSERT_REJECT)

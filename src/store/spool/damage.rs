@@ -212,9 +212,11 @@ pub(super) fn records_in(mut bytes: &[u8]) -> Option<usize> {
         if len == 0 || len > bytes.len() - HEADER_LEN {
             return None;
         }
-        n += frame::decode(&bytes[HEADER_LEN..HEADER_LEN + len])
-            .ok()?
-            .len();
+        n += frame::decode(bytes::Bytes::copy_from_slice(
+            &bytes[HEADER_LEN..HEADER_LEN + len],
+        ))
+        .ok()?
+        .len();
         bytes = &bytes[HEADER_LEN + len..];
     }
     Some(n)
@@ -348,7 +350,7 @@ mod tests {
     fn frame_of(n: usize, tag: &str) -> Vec<u8> {
         let recs: Vec<AuditRecord> = (0..n)
             .map(|i| AuditRecord {
-                record_id: format!("{tag}-{i}"),
+                record_id: bytes::Bytes::from(format!("{tag}-{i}")),
                 received_at: i as i64,
                 ..Default::default()
             })

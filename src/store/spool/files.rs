@@ -275,7 +275,7 @@ pub fn read_spooled(dir: &Path) -> Result<Vec<crate::record::AuditRecord>, Spool
         }
         for piece in damage::pieces(&buf[HEADER_LEN..]) {
             if let Piece::Frame { payload, .. } = piece {
-                if let Ok(recs) = frame::decode(payload) {
+                if let Ok(recs) = frame::decode(bytes::Bytes::copy_from_slice(payload)) {
                     out.extend(recs);
                 }
             }

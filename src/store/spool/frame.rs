@@ -11,9 +11,10 @@
 //! backward compatible (proto/meshaudit/v1/audit_record.proto), so a spool written by an older
 //! binary replays into a newer one.
 
+use bytes::Bytes;
 use prost::Message;
 
-use crate::record::AuditRecord;
+use crate::record::{text, AuditRecord};
 
 /// First bytes of every segment file; the last byte is the format version.
 pub const MAGIC: &[u8; 8] = b"MASPOOL\x01";
@@ -90,11 +91,27 @@ pub fn peek(buf: &[u8]) -> Peek<'_> {
     }
 }
 
-/// Decodes a checksum-valid payload into its records.
-pub fn decode(mut payload: &[u8]) -> Result<Vec<AuditRecord>, prost::DecodeError> {
+/// Why a checksum-valid payload is not records.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("spool frame does not decode: {0}")]
+    Proto(#[from] prost::DecodeError),
+    #[error("spool frame holds record text that is not UTF-8")]
+    Text,
+}
+
+/// Decodes a checksum-valid payload into its records. Their text is sliced from `payload`, not
+/// copied (so the records keep the frame's buffer alive, and nothing else), and checked to be
+/// UTF-8 (`record::text`'s invariant): a frame that is not is refused like one that does not
+/// decode.
+pub fn decode(mut payload: Bytes) -> Result<Vec<AuditRecord>, DecodeError> {
     let mut out = Vec::new();
     while !payload.is_empty() {
-        out.push(AuditRecord::decode_length_delimited(&mut payload)?);
+        let rec = AuditRecord::decode_length_delimited(&mut payload)?;
+        if !text::is_utf8(&rec) {
+            return Err(DecodeError::Text);
+        }
+        out.push(rec);
     }
     Ok(out)
 }
@@ -106,7 +123,7 @@ mod tests {
 
     fn rec(id: &str) -> AuditRecord {
         AuditRecord {
-            record_id: id.into(),
+            record_id: crate::record::text::copy(id),
             start_time: Some(1),
             received_at: 2,
             response_flags: Some(string_list(["UH"])),
@@ -121,10 +138,44 @@ mod tests {
         match peek(&f) {
             Peek::Frame { payload, len } => {
                 assert_eq!(len, f.len());
-                assert_eq!(decode(payload).expect("decodes"), recs);
+                assert_eq!(
+                    decode(bytes::Bytes::copy_from_slice(payload)).expect("decodes"),
+                    recs
+                );
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Records decoded from disk slice the frame's buffer, and text that is not UTF-8 (which
+    /// only a forged frame with a valid checksum could hold) is refused, not read.
+    #[test]
+    fn decoded_text_is_sliced_from_the_frame_and_must_be_utf8() {
+        let f = encode(&[rec("a")]);
+        let Peek::Frame { payload, .. } = peek(&f) else {
+            panic!("a frame");
+        };
+        let payload = Bytes::copy_from_slice(payload);
+        let recs = decode(payload.clone()).expect("decodes");
+        let id = &recs[0].record_id;
+        let within = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
+        assert!(
+            within.contains(&(id.as_ptr() as usize)),
+            "copied, not sliced"
+        );
+
+        let bad = AuditRecord {
+            path: Some(Bytes::from_static(b"/caf\xe9")),
+            ..rec("b")
+        };
+        let f = encode(&[bad]);
+        let Peek::Frame { payload, .. } = peek(&f) else {
+            panic!("a frame");
+        };
+        assert!(matches!(
+            decode(Bytes::copy_from_slice(payload)),
+            Err(DecodeError::Text)
+        ));
     }
 
     #[test]

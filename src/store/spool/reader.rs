@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::error;
 
@@ -236,6 +237,9 @@ fn read_frame(file: &File, seg: u64, pos: u64, seg_end: u64) -> Option<(Vec<Audi
     let Peek::Frame { payload, len: flen } = frame::peek(&buf) else {
         return None;
     };
+    let payload_len = payload.len();
+    // The records' text is sliced from this frame's own buffer.
+    let payload = Bytes::from(buf).slice(HEADER_LEN..HEADER_LEN + payload_len);
     let recs = frame::decode(payload).ok()?;
     Some((recs, flen as u64))
 }
@@ -266,7 +270,8 @@ fn skip_damage(
         }
     }
     rest.truncate(got);
-    if matches!(frame::peek(&rest), Peek::Frame { payload, .. } if frame::decode(payload).is_ok()) {
+    if matches!(frame::peek(&rest), Peek::Frame { payload, .. } if frame::decode(Bytes::copy_from_slice(payload)).is_ok())
+    {
         // The frame reads whole now: the failure was transient. The caller retries from `pos`.
         return pos;
     }

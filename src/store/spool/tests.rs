@@ -9,11 +9,11 @@ use crate::store::metrics::{SinkId, StoreMetrics};
 
 fn rec(id: u32) -> AuditRecord {
     AuditRecord {
-        record_id: format!("{id:032x}"),
+        record_id: bytes::Bytes::from(format!("{id:032x}")),
         start_time: Some(1_772_446_504_000_000 + i64::from(id)),
         received_at: 1_772_446_504_000_000,
         entry_kind: "http".into(),
-        path: Some(format!("/orders/{id}")),
+        path: Some(bytes::Bytes::from(format!("/orders/{id}"))),
         ..Default::default()
     }
 }
@@ -36,7 +36,7 @@ fn open(cfg: SpoolConfig) -> (Spool, Appender, Arc<StoreMetrics>) {
 }
 
 /// Everything a reader hands out until the log's current end, as record ids.
-async fn read_all(r: &mut SinkReader) -> (Vec<String>, u64) {
+async fn read_all(r: &mut SinkReader) -> (Vec<bytes::Bytes>, u64) {
     let mut ids = vec![];
     let mut end = r.acked();
     loop {
@@ -54,7 +54,7 @@ async fn read_all(r: &mut SinkReader) -> (Vec<String>, u64) {
     }
 }
 
-fn ids(range: std::ops::Range<u32>) -> Vec<String> {
+fn ids(range: std::ops::Range<u32>) -> Vec<bytes::Bytes> {
     range.map(|i| rec(i).record_id).collect()
 }
 
@@ -133,7 +133,7 @@ async fn segments_go_only_once_every_sink_has_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (s, a, _) = open(cfg(dir.path()));
     let big = |i: u32| AuditRecord {
-        user_agent: Some("x".repeat(4000)),
+        user_agent: Some("x".repeat(4000).into()),
         ..rec(i)
     };
     for i in 0..100 {
@@ -174,7 +174,7 @@ async fn a_full_spool_holds_ingest_back_until_the_slow_sink_catches_up() {
     };
     let (s, a, m) = open(c);
     let big = |i: u32| AuditRecord {
-        user_agent: Some("x".repeat(8000)),
+        user_agent: Some("x".repeat(8000).into()),
         ..rec(i)
     };
     // Parquet keeps up; Postgres (down) acknowledges nothing.
@@ -307,7 +307,7 @@ async fn damage_anywhere_loses_only_the_damaged_frames_for_every_sink() {
         file: PathBuf,
         offset: usize,
         len: usize,
-        ids: Vec<String>,
+        ids: Vec<bytes::Bytes>,
     }
     let dir = tempfile::tempdir().expect("tempdir");
     // About six frames of four records per segment.
@@ -341,7 +341,7 @@ async fn damage_anywhere_loses_only_the_damaged_frames_for_every_sink() {
                 file: file.clone(),
                 offset: HEADER_LEN + at,
                 len,
-                ids: frame::decode(payload)
+                ids: frame::decode(bytes::Bytes::copy_from_slice(payload))
                     .expect("decodes")
                     .into_iter()
                     .map(|r| r.record_id)
@@ -374,7 +374,7 @@ async fn damage_anywhere_loses_only_the_damaged_frames_for_every_sink() {
         fs::write(&f.file, buf).expect("write");
     }
     let is_damaged = |i: usize| damaged.iter().any(|&(k, _)| k == i);
-    let mut want: Vec<String> = (0..frames.len())
+    let mut want: Vec<bytes::Bytes> = (0..frames.len())
         .filter(|&i| !is_damaged(i))
         .flat_map(|i| frames[i].ids.clone())
         .collect();
@@ -417,7 +417,7 @@ async fn damage_anywhere_loses_only_the_damaged_frames_for_every_sink() {
     assert_eq!(m.spool_corrupt_frames.load(Relaxed), 0);
     drop(a);
     close(s).await;
-    let spooled: Vec<String> = read_spooled(dir.path())
+    let spooled: Vec<bytes::Bytes> = read_spooled(dir.path())
         .expect("read_spooled")
         .into_iter()
         .map(|r| r.record_id)
