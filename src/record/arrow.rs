@@ -6,10 +6,10 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::text::as_str;
@@ -54,21 +54,25 @@ pub fn to_record_batch(records: &[AuditRecord]) -> Result<RecordBatch, ArrowErro
 /// Like [`to_record_batch`], for records that live in shared buffers (the spool's frames), so
 /// that a sink need not clone them.
 pub fn to_record_batch_refs(records: &[&AuditRecord]) -> Result<RecordBatch, ArrowError> {
-    let columns: Vec<ArrayRef> = COLUMNS.iter().map(|c| build_column(c, records)).collect();
+    let columns = COLUMNS
+        .iter()
+        .map(|c| build_column(c, records))
+        .collect::<Result<Vec<ArrayRef>, ArrowError>>()?;
     RecordBatch::try_new(schema(), columns)
 }
 
-fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
+fn build_column(col: &Column, records: &[&AuditRecord]) -> Result<ArrayRef, ArrowError> {
     let n = records.len();
-    match col.get {
+    Ok(match col.get {
         Getter::Text(get) => {
             // Sized exactly up front: growing the value buffer re-copies every string so far.
             let bytes = records.iter().map(|r| get(r).map_or(0, <[u8]>::len)).sum();
-            let mut b = StringBuilder::with_capacity(n, bytes);
-            records
-                .iter()
-                .for_each(|r| b.append_option(get(r).map(as_str)));
-            Arc::new(b.finish())
+            // Built as bytes and checked as UTF-8 once for the whole column (a check per value
+            // cost more than the copy); text is UTF-8 by `record::text`'s invariant, so the
+            // check fails only on a bug, and then as an error, never as a wrong file.
+            let mut b = BinaryBuilder::with_capacity(n, bytes);
+            records.iter().for_each(|r| b.append_option(get(r)));
+            Arc::new(StringArray::try_from_binary(b.finish())?)
         }
         Getter::Int(get) => {
             let mut b = Int32Builder::with_capacity(n);
@@ -140,7 +144,7 @@ fn build_column(col: &Column, records: &[&AuditRecord]) -> ArrayRef {
             }
             Arc::new(b.finish())
         }
-    }
+    })
 }
 
 #[cfg(test)]

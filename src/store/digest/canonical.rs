@@ -59,19 +59,33 @@ impl Encoder {
         self.buf.extend_from_slice(name.as_bytes());
     }
 
-    fn text_body(&mut self, s: &str) {
-        if s.as_bytes().contains(&0) {
-            let fixed = s.replace('\0', "\u{FFFD}");
-            self.buf
-                .extend_from_slice(&(fixed.len() as u32).to_be_bytes());
-            self.buf.extend_from_slice(fixed.as_bytes());
+    /// Text's bytes, NUL → U+FFFD. An in-memory record's text is hashed as bytes, unchecked:
+    /// it is UTF-8 by `record::text`'s invariant, and a stored copy that is not would not read
+    /// back as the same text anyway.
+    fn text_body(&mut self, s: &[u8]) {
+        if s.contains(&0) {
+            let at = self.buf.len();
+            self.buf.extend_from_slice(&[0; 4]);
+            for (i, part) in s.split(|b| *b == 0).enumerate() {
+                if i > 0 {
+                    self.buf.extend_from_slice("\u{FFFD}".as_bytes());
+                }
+                self.buf.extend_from_slice(part);
+            }
+            let len = (self.buf.len() - at - 4) as u32;
+            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
         } else {
             self.buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            self.buf.extend_from_slice(s.as_bytes());
+            self.buf.extend_from_slice(s);
         }
     }
 
     pub fn text(&mut self, name: &str, v: Option<&str>) {
+        self.text_bytes(name, v.map(str::as_bytes));
+    }
+
+    /// [`Encoder::text`] for text held as bytes (an in-memory record's).
+    pub fn text_bytes(&mut self, name: &str, v: Option<&[u8]>) {
         if let Some(s) = v {
             self.name(name);
             self.text_body(s);
@@ -132,7 +146,7 @@ impl Encoder {
                 None => self.buf.push(0),
                 Some(s) => {
                     self.buf.push(1);
-                    self.text_body(s);
+                    self.text_body(s.as_bytes());
                 }
             }
         }
@@ -143,7 +157,7 @@ impl Encoder {
         self.begin();
         for c in COLUMNS {
             match c.get {
-                Getter::Text(get) => self.text(c.name, get(r).map(as_str)),
+                Getter::Text(get) => self.text_bytes(c.name, get(r)),
                 Getter::Int(get) => self.int(c.name, get(r)),
                 Getter::BigInt(get) => self.bigint(c.name, get(r)),
                 Getter::Float8(get) => self.float8(c.name, get(r)),

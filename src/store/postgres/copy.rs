@@ -10,7 +10,6 @@
 
 use std::sync::OnceLock;
 
-use crate::record::text::as_str;
 use crate::record::{AuditRecord, Getter, COLUMNS};
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -47,7 +46,7 @@ pub fn row(buf: &mut Vec<u8>, r: &AuditRecord) {
     buf.extend_from_slice(&(COLUMNS.len() as i16).to_be_bytes());
     for c in COLUMNS {
         match c.get {
-            Getter::Text(get) => text_field(buf, get(r).map(as_str)),
+            Getter::Text(get) => text_field(buf, get(r)),
             Getter::Int(get) => fixed(buf, get(r).map(i32::to_be_bytes)),
             Getter::BigInt(get) => fixed(buf, get(r).map(i64::to_be_bytes)),
             Getter::Float8(get) => fixed(buf, get(r).map(|v| v.to_bits().to_be_bytes())),
@@ -58,17 +57,13 @@ pub fn row(buf: &mut Vec<u8>, r: &AuditRecord) {
             ),
             Getter::TextArray(get) => match get(r) {
                 None => null(buf),
-                Some(vals) => text_array(buf, vals.iter().map(|s| Some(as_str(s))), false),
+                Some(vals) => text_array(buf, vals.iter().map(|s| Some(&s[..])), false),
             },
             Getter::NullableTextArray(get) => match get(r) {
                 None => null(buf),
                 Some(vals) => {
                     let has_null = vals.iter().any(|v| v.value.is_none());
-                    text_array(
-                        buf,
-                        vals.iter().map(|v| v.value.as_deref().map(as_str)),
-                        has_null,
-                    )
+                    text_array(buf, vals.iter().map(|v| v.value.as_deref()), has_null)
                 }
             },
         }
@@ -89,7 +84,9 @@ fn fixed<const N: usize>(buf: &mut Vec<u8>, v: Option<[u8; N]>) {
     }
 }
 
-fn text_field(buf: &mut Vec<u8>, v: Option<&str>) {
+/// Text goes as its bytes: UTF-8 by `record::text`'s invariant, and Postgres checks it again
+/// (a value it refused would be a poison row, not a lost batch).
+fn text_field(buf: &mut Vec<u8>, v: Option<&[u8]>) {
     match v {
         None => null(buf),
         Some(s) => {
@@ -103,11 +100,16 @@ fn text_field(buf: &mut Vec<u8>, v: Option<&str>) {
 
 /// PostgreSQL text cannot hold NUL; a NUL would fail the whole batch, so it becomes U+FFFD
 /// (Parquet keeps it as sent).
-fn text_bytes(buf: &mut Vec<u8>, s: &str) {
-    if s.as_bytes().contains(&0) {
-        buf.extend_from_slice(s.replace('\0', "\u{FFFD}").as_bytes());
-    } else {
-        buf.extend_from_slice(s.as_bytes());
+fn text_bytes(buf: &mut Vec<u8>, s: &[u8]) {
+    if !s.contains(&0) {
+        buf.extend_from_slice(s);
+        return;
+    }
+    for (i, part) in s.split(|b| *b == 0).enumerate() {
+        if i > 0 {
+            buf.extend_from_slice("\u{FFFD}".as_bytes());
+        }
+        buf.extend_from_slice(part);
     }
 }
 
@@ -118,7 +120,7 @@ fn patch_len(buf: &mut [u8], at: usize) {
 
 fn text_array<'a>(
     buf: &mut Vec<u8>,
-    vals: impl ExactSizeIterator<Item = Option<&'a str>>,
+    vals: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
     has_null: bool,
 ) {
     let at = buf.len();
@@ -154,11 +156,14 @@ mod tests {
     #[test]
     fn values_use_the_binary_send_formats() {
         let mut b = Vec::new();
-        text_field(&mut b, Some("ab"));
+        text_field(&mut b, Some(b"ab"));
         assert_eq!(b, [0, 0, 0, 2, b'a', b'b']);
         b.clear();
-        text_field(&mut b, Some("a\0"));
-        assert_eq!(b, [0, 0, 0, 4, b'a', 0xef, 0xbf, 0xbd]);
+        text_field(&mut b, Some(b"a\0\0a"));
+        assert_eq!(
+            b,
+            [0, 0, 0, 8, b'a', 0xef, 0xbf, 0xbd, 0xef, 0xbf, 0xbd, b'a']
+        );
         b.clear();
         text_field(&mut b, None);
         assert_eq!(b, [0xff; 4]);
@@ -170,7 +175,7 @@ mod tests {
         );
         assert_eq!(b, [0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1]);
         b.clear();
-        text_array(&mut b, [Some("x"), None].into_iter(), true);
+        text_array(&mut b, [Some(&b"x"[..]), None].into_iter(), true);
         #[rustfmt::skip]
         let want = [
             0, 0, 0, 29, // field length
