@@ -290,7 +290,8 @@ pub struct ServeOptions {
     #[arg(long, env = "MESHAUDIT_RETENTION_DAYS", value_name = "DAYS")]
     pub retention_days: Option<u32>,
 
-    /// Records per Postgres transaction (one binary COPY each) [default: 5000].
+    /// Records per Postgres transaction (one binary COPY and one digest row each) [default: 1000;
+    /// 5000 measured the same CPU per record and 33 MiB more peak RSS at max rate].
     #[arg(long, env = "MESHAUDIT_POSTGRES_BATCH_ROWS", value_name = "ROWS")]
     pub postgres_batch_rows: Option<usize>,
 
@@ -741,7 +742,7 @@ impl ServeConfig {
                 migrate_on_start: opts.migrate_on_start.unwrap_or(false),
                 retention_days: opts.retention_days.filter(|d| *d > 0),
             }),
-            postgres_batch_rows: opts.postgres_batch_rows.unwrap_or(5000),
+            postgres_batch_rows: opts.postgres_batch_rows.unwrap_or(1000),
             spool_max_bytes: opts.spool_max_bytes.unwrap_or(1 << 30),
             spool_segment_bytes: opts.spool_segment_bytes.unwrap_or(64 << 20),
             spool_fsync,
