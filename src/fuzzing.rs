@@ -136,7 +136,7 @@ fn als_message_tokens_checked(data: &[u8]) -> usize {
         assert!(
             rec.record_id
                 .iter()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
             "record_id {:?}",
             rec.record_id
         );
