@@ -39,12 +39,12 @@ pub struct Claims<'a> {
     pub name: Option<Cow<'a, str>>,
     pub azp: Option<Cow<'a, str>>,
     pub appid: Option<Cow<'a, str>>,
-    pub groups: Option<Vec<String>>,
+    pub groups: Option<List<'a>>,
     /// `_claim_names` names `groups`, or `hasgroups` is true.
     pub groups_overage: bool,
-    pub roles: Option<Vec<String>>,
+    pub roles: Option<List<'a>>,
     /// `scp`, split on spaces (or as the list Istio made of it with `spaceDelimitedClaims`).
-    pub scopes: Option<Vec<String>>,
+    pub scopes: Option<List<'a>>,
     pub iss: Option<Cow<'a, str>>,
     pub aud: Option<Audience<'a>>,
     pub ver: Option<Cow<'a, str>>,
@@ -54,19 +54,22 @@ pub struct Claims<'a> {
     pub iat: Option<i64>,
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
-    pub amr: Option<Vec<String>>,
+    pub amr: Option<List<'a>>,
     pub idtyp: Option<Cow<'a, str>>,
     pub idp: Option<Cow<'a, str>>,
     pub acct: Option<i64>,
     pub xms_mirid: bool,
 }
 
+/// A list claim's values, borrowed from a proxy's metadata Struct (owned when read from JSON).
+pub type List<'a> = Vec<Cow<'a, str>>;
+
 /// `aud`: one string (the usual form) or a list, kept apart because the `audience` column reads
 /// them differently.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Audience<'a> {
     One(Cow<'a, str>),
-    List(Vec<String>),
+    List(List<'a>),
 }
 
 /// One claim value, whichever encoding it came in.
@@ -75,7 +78,7 @@ pub(crate) enum ClaimValue<'a> {
     Str(Cow<'a, str>),
     Num(f64),
     Bool(bool),
-    List(Vec<String>),
+    List(List<'a>),
     /// An object; only whether it has a `groups` key matters (for `_claim_names`).
     Object {
         has_groups: bool,
@@ -173,7 +176,7 @@ impl<'a> Claims<'a> {
                     let mut out = Vec::with_capacity(l.iter().count());
                     for item in l.iter() {
                         if let Some(s) = item?.as_str() {
-                            out.push(s.to_owned());
+                            out.push(Cow::Borrowed(s));
                         }
                     }
                     ClaimValue::List(out)
@@ -206,7 +209,7 @@ impl<'a> Claims<'a> {
                     items
                         .into_iter()
                         .filter_map(|i| match i {
-                            Json::String(s) => Some(s),
+                            Json::String(s) => Some(Cow::Owned(s)),
                             _ => None,
                         })
                         .collect(),
@@ -249,20 +252,28 @@ impl<'a> Claims<'a> {
             Field::Roles => self.roles = list(v),
             Field::Scp => {
                 self.scopes = match v {
-                    ClaimValue::Str(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
+                    ClaimValue::Str(Cow::Borrowed(s)) => {
+                        Some(s.split_whitespace().map(Cow::Borrowed).collect())
+                    }
+                    ClaimValue::Str(Cow::Owned(s)) => Some(
+                        s.split_whitespace()
+                            .map(|v| Cow::Owned(v.to_owned()))
+                            .collect(),
+                    ),
                     // Istio's spaceDelimitedClaims already split it; split again in case an
                     // element still holds several scopes (kept as they are when none does).
                     ClaimValue::List(items) => {
-                        if items.iter().all(|s| {
-                            !s.is_empty() && s.split_whitespace().next() == Some(s.as_str())
-                        }) {
+                        if items
+                            .iter()
+                            .all(|s| !s.is_empty() && s.split_whitespace().next() == Some(&**s))
+                        {
                             Some(items)
                         } else {
                             Some(
                                 items
                                     .iter()
                                     .flat_map(|s| s.split_whitespace())
-                                    .map(str::to_owned)
+                                    .map(|v| Cow::Owned(v.to_owned()))
                                     .collect(),
                             )
                         }
@@ -302,6 +313,9 @@ impl<'a> Claims<'a> {
     /// The same claims, owning every value (free for claims read from JSON).
     pub fn into_owned(self) -> Claims<'static> {
         let o = |v: Option<Cow<'a, str>>| v.map(|s| Cow::Owned(s.into_owned()));
+        let ol = |v: Option<List<'a>>| {
+            v.map(|l| l.into_iter().map(|s| Cow::Owned(s.into_owned())).collect())
+        };
         Claims {
             tid: o(self.tid),
             oid: o(self.oid),
@@ -313,14 +327,14 @@ impl<'a> Claims<'a> {
             name: o(self.name),
             azp: o(self.azp),
             appid: o(self.appid),
-            groups: self.groups,
+            groups: ol(self.groups),
             groups_overage: self.groups_overage,
-            roles: self.roles,
-            scopes: self.scopes,
+            roles: ol(self.roles),
+            scopes: ol(self.scopes),
             iss: o(self.iss),
             aud: self.aud.map(|a| match a {
                 Audience::One(s) => Audience::One(Cow::Owned(s.into_owned())),
-                Audience::List(l) => Audience::List(l),
+                Audience::List(l) => Audience::List(ol(Some(l)).unwrap_or_default()),
             }),
             ver: o(self.ver),
             uti: o(self.uti),
@@ -328,7 +342,7 @@ impl<'a> Claims<'a> {
             iat: self.iat,
             exp: self.exp,
             nbf: self.nbf,
-            amr: self.amr,
+            amr: ol(self.amr),
             idtyp: o(self.idtyp),
             idp: o(self.idp),
             acct: self.acct,
@@ -367,7 +381,7 @@ impl<'a> Claims<'a> {
             Some(Audience::List(l)) => (None, &l[..]),
             None => (None, &[][..]),
         };
-        one.into_iter().chain(list.iter().map(String::as_str))
+        one.into_iter().chain(list.iter().map(|s| &**s))
     }
 
     /// The `audience` column: the configured audience that matched when `aud` is a list, else
@@ -379,14 +393,14 @@ impl<'a> Claims<'a> {
                 .iter()
                 .find(|c| aud.iter().any(|a| audience_matches(a, c)))
                 .map(String::as_str)
-                .or(aud.first().map(String::as_str)),
+                .or(aud.first().map(|s| &**s)),
         }
     }
 
     /// A rough size in bytes, for bounding the verification cache by memory.
     pub fn approx_bytes(&self) -> usize {
         let s = |o: &Option<Cow<'_, str>>| o.as_ref().map_or(0, |s| s.len() + 24);
-        let l = |o: &Option<Vec<String>>| {
+        let l = |o: &Option<List<'_>>| {
             o.as_ref()
                 .map_or(0, |v| 24 + v.iter().map(|s| s.len() + 24).sum::<usize>())
         };
@@ -436,10 +450,10 @@ fn text(v: ClaimValue<'_>) -> Option<Cow<'_, str>> {
 }
 
 /// A list claim; a lone string is read as a one-element list.
-fn list(v: ClaimValue<'_>) -> Option<Vec<String>> {
+fn list(v: ClaimValue<'_>) -> Option<List<'_>> {
     match v {
         ClaimValue::List(items) => Some(items),
-        ClaimValue::Str(s) => Some(vec![s.into_owned()]),
+        ClaimValue::Str(s) => Some(vec![s]),
         _ => None,
     }
 }
@@ -523,7 +537,7 @@ mod tests {
         let c = from_json;
         assert_eq!(
             c.scopes.as_deref(),
-            Some(&["Orders.Read".to_owned(), "Orders.Write".to_owned()][..])
+            Some(&[Cow::Borrowed("Orders.Read"), Cow::Borrowed("Orders.Write")][..])
         );
         assert_eq!(
             c.groups.as_deref(),

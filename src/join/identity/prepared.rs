@@ -80,7 +80,7 @@ impl Prepared {
             (Some(v), ..) | (None, Some(v), ..) | (None, None, Some(v), _) => Some(v),
             (None, None, None, v) => v,
         };
-        let list = |v: Option<Vec<String>>| {
+        let list = |v: Option<super::claims::List<'_>>| {
             v.map(|values| StringList {
                 values: values.iter().map(|s| store(s)).collect(),
             })
