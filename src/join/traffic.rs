@@ -16,16 +16,16 @@ use super::{peer, spiffe};
 /// Copies a wire string into record text (invalid UTF-8 replaced by U+FFFD); empty (proto3's
 /// "absent") becomes `None`.
 pub(crate) fn text(b: &[u8]) -> Option<Bytes> {
-    if b.is_empty() {
-        None
-    } else {
-        Some(rtext::copy(&String::from_utf8_lossy(b)))
-    }
+    text_with(b, rtext::copy)
 }
 
 /// [`text`] in an allocation of its own ([`rtext::owned`]), for values kept long.
 pub(crate) fn text_owned(b: &[u8]) -> Option<Bytes> {
-    (!b.is_empty()).then(|| rtext::owned(&String::from_utf8_lossy(b)))
+    text_with(b, rtext::owned)
+}
+
+fn text_with(b: &[u8], store: fn(&str) -> Bytes) -> Option<Bytes> {
+    (!b.is_empty()).then(|| store(&String::from_utf8_lossy(b)))
 }
 
 /// Borrows a wire string; empty or invalid UTF-8 becomes `None`.

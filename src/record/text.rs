@@ -35,17 +35,7 @@ thread_local! {
 
 /// Copies `s` into this thread's current chunk and returns its slice.
 pub fn copy(s: &str) -> Bytes {
-    if s.is_empty() {
-        return Bytes::new();
-    }
-    CHUNK_BUF.with_borrow_mut(|buf| {
-        if buf.capacity() - buf.len() < s.len() {
-            // Start a fresh chunk; the old one lives on in the slices already handed out.
-            *buf = BytesMut::with_capacity(CHUNK.max(s.len()));
-        }
-        buf.extend_from_slice(s.as_bytes());
-        buf.split().freeze()
-    })
+    concat(&[s])
 }
 
 /// The concatenation of `parts`, copied into this thread's current chunk as one value.
@@ -56,6 +46,7 @@ pub fn concat(parts: &[&str]) -> Bytes {
     }
     CHUNK_BUF.with_borrow_mut(|buf| {
         if buf.capacity() - buf.len() < len {
+            // Start a fresh chunk; the old one lives on in the slices already handed out.
             *buf = BytesMut::with_capacity(CHUNK.max(len));
         }
         parts

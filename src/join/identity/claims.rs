@@ -313,8 +313,8 @@ impl<'a> Claims<'a> {
     /// The same claims, owning every value (free for claims read from JSON).
     pub fn into_owned(self) -> Claims<'static> {
         let o = |v: Option<Cow<'a, str>>| v.map(|s| Cow::Owned(s.into_owned()));
-        let ol = |v: Option<List<'a>>| {
-            v.map(|l| l.into_iter().map(|s| Cow::Owned(s.into_owned())).collect())
+        let ol = |l: List<'a>| -> List<'static> {
+            l.into_iter().map(|s| Cow::Owned(s.into_owned())).collect()
         };
         Claims {
             tid: o(self.tid),
@@ -327,14 +327,14 @@ impl<'a> Claims<'a> {
             name: o(self.name),
             azp: o(self.azp),
             appid: o(self.appid),
-            groups: ol(self.groups),
+            groups: self.groups.map(ol),
             groups_overage: self.groups_overage,
-            roles: ol(self.roles),
-            scopes: ol(self.scopes),
+            roles: self.roles.map(ol),
+            scopes: self.scopes.map(ol),
             iss: o(self.iss),
             aud: self.aud.map(|a| match a {
                 Audience::One(s) => Audience::One(Cow::Owned(s.into_owned())),
-                Audience::List(l) => Audience::List(ol(Some(l)).unwrap_or_default()),
+                Audience::List(l) => Audience::List(ol(l)),
             }),
             ver: o(self.ver),
             uti: o(self.uti),
@@ -342,7 +342,7 @@ impl<'a> Claims<'a> {
             iat: self.iat,
             exp: self.exp,
             nbf: self.nbf,
-            amr: ol(self.amr),
+            amr: self.amr.map(ol),
             idtyp: o(self.idtyp),
             idp: o(self.idp),
             acct: self.acct,

@@ -63,21 +63,11 @@ impl Encoder {
     /// it is UTF-8 by `record::text`'s invariant, and a stored copy that is not would not read
     /// back as the same text anyway.
     fn text_body(&mut self, s: &[u8]) {
-        if s.contains(&0) {
-            let at = self.buf.len();
-            self.buf.extend_from_slice(&[0; 4]);
-            for (i, part) in s.split(|b| *b == 0).enumerate() {
-                if i > 0 {
-                    self.buf.extend_from_slice("\u{FFFD}".as_bytes());
-                }
-                self.buf.extend_from_slice(part);
-            }
-            let len = (self.buf.len() - at - 4) as u32;
-            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        } else {
-            self.buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            self.buf.extend_from_slice(s);
-        }
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        push_stored_text(&mut self.buf, s);
+        let len = (self.buf.len() - at - 4) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
 
     pub fn text(&mut self, name: &str, v: Option<&str>) {
@@ -230,6 +220,21 @@ pub fn stored_text(s: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
     } else {
         std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Appends text as Postgres stores it (NUL → U+FFFD) without allocating: the binary COPY
+/// writes these bytes and the canonical encoding hashes them, so the two cannot differ.
+pub fn push_stored_text(buf: &mut Vec<u8>, s: &[u8]) {
+    if !s.contains(&0) {
+        buf.extend_from_slice(s);
+        return;
+    }
+    for (i, part) in s.split(|b| *b == 0).enumerate() {
+        if i > 0 {
+            buf.extend_from_slice("\u{FFFD}".as_bytes());
+        }
+        buf.extend_from_slice(part);
     }
 }
 

@@ -11,6 +11,7 @@
 use std::sync::OnceLock;
 
 use crate::record::{AuditRecord, Getter, COLUMNS};
+use crate::store::digest::canonical::push_stored_text;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
@@ -92,24 +93,11 @@ fn text_field(buf: &mut Vec<u8>, v: Option<&[u8]>) {
         Some(s) => {
             let at = buf.len();
             buf.extend_from_slice(&[0; 4]);
-            text_bytes(buf, s);
+            // PostgreSQL text cannot hold NUL; a NUL would fail the whole batch, so it becomes
+            // U+FFFD (Parquet keeps it as sent).
+            push_stored_text(buf, s);
             patch_len(buf, at);
         }
-    }
-}
-
-/// PostgreSQL text cannot hold NUL; a NUL would fail the whole batch, so it becomes U+FFFD
-/// (Parquet keeps it as sent).
-fn text_bytes(buf: &mut Vec<u8>, s: &[u8]) {
-    if !s.contains(&0) {
-        buf.extend_from_slice(s);
-        return;
-    }
-    for (i, part) in s.split(|b| *b == 0).enumerate() {
-        if i > 0 {
-            buf.extend_from_slice("\u{FFFD}".as_bytes());
-        }
-        buf.extend_from_slice(part);
     }
 }
 
